@@ -1,0 +1,63 @@
+# edgelab: the two commands are `make lab` (build the lab, run site.yml on it)
+# and `make test` (everything CI runs). Run as root: the lab creates
+# containers, a bridge and mounts on this machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_LOCALHOST_WARNING := false
+export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
+# Extra arguments for the lab play, e.g. make lab LAB_ARGS="-e lab_hosts=6".
+LAB_ARGS ?=
+PLAYBOOKS := $(wildcard playbooks/*.yml)
+SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+
+.PHONY: lab lab-down site lint syntax unit molecule test clean
+
+# The controller's virtualenv with the pinned requirements.
+$(VENV): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $(VENV)
+
+## lab: bring up (or reuse) the lab and converge site.yml on it
+lab: $(VENV)
+	ansible-playbook playbooks/lab.yml $(LAB_ARGS)
+	ansible-playbook -i inventory/lab playbooks/site.yml
+
+## site: converge site.yml on the lab that is up
+site: $(VENV)
+	ansible-playbook -i inventory/lab playbooks/site.yml
+
+## lab-down: remove the lab (containers, overlays, bridge, proxy, inventory)
+lab-down: $(VENV)
+	ansible-playbook playbooks/lab.yml -e lab_state=absent $(LAB_ARGS)
+
+## lint: yamllint, ansible-lint (production profile), syntax of every playbook
+lint: $(VENV) syntax
+	yamllint --strict .
+	ansible-lint --profile production
+
+syntax: $(VENV)
+	@for p in $(PLAYBOOKS); do \
+	  ansible-playbook -i inventory/nuc-cluster --syntax-check "$$p" >/dev/null && echo "syntax ok: $$p"; \
+	done
+
+## unit: pytest (project checks and the agents package)
+unit: $(VENV)
+	pytest -q tests
+
+## molecule: every scenario in molecule/, one after another, each on fresh lab hosts
+molecule: $(VENV)
+	@for s in $(SCENARIOS); do \
+	  start=$$(date +%s); molecule test -s "$$s"; \
+	  echo "molecule $$s: $$(( $$(date +%s) - start ))s"; \
+	done
+
+## test: everything CI runs
+test: lint unit molecule
+
+clean: lab-down
+	rm -rf .cache

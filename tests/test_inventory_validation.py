@@ -1,0 +1,73 @@
+"""The validation play stops a run on a bad inventory before any host is
+contacted, with a message that names the group or variable at fault."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+GOOD = """
+all:
+  children:
+    nucs:
+      hosts:
+        n1: {ansible_host: 192.0.2.10}
+        n2: {ansible_host: 192.0.2.11}
+    control_plane: {hosts: {n1: }}
+    workers: {hosts: {n2: }}
+    xmpp_server: {hosts: {n1: }}
+    kafka_brokers: {hosts: {n1: }}
+    monitoring: {hosts: {n1: }}
+    mlops: {hosts: {n1: }}
+"""
+
+
+def write_inventory(tmp_path: Path, text: str) -> str:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(textwrap.dedent(text))
+    return str(inv)
+
+
+def run_site(playbook, inventory: str):
+    # site.yml, not just validate.yml: the point is that nothing after the
+    # validation play starts (no fact gathering on the unreachable hosts).
+    return playbook("-i", inventory, "playbooks/site.yml", timeout=300)
+
+
+def test_good_inventory_passes_validation(tmp_path, playbook):
+    run = playbook("-i", write_inventory(tmp_path, GOOD), "playbooks/validate.yml")
+    assert run.rc == 0, run.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD.replace("    control_plane: {hosts: {n1: }}\n", ""), "control_plane"),
+        (GOOD.replace("    monitoring: {hosts: {n1: }}\n", "    monitoring: {hosts: {}}\n"),
+         "Service group `monitoring` has no host"),
+        (GOOD.replace("192.0.2.11", "192.0.2.10"), "192.0.2.10 is used by n1 and n2"),
+        (GOOD.replace("    mlops: {hosts: {n1: }}\n", "    mlops: {hosts: {stray: }}\n"),
+         "Group `mlops` has hosts that are not in `nucs`: stray"),
+    ],
+    ids=["no-control-plane", "empty-service-group", "duplicate-address", "host-outside-nucs"],
+)
+def test_bad_groups_fail_in_the_validation_play(tmp_path, playbook, text, expected):
+    run = run_site(playbook, write_inventory(tmp_path, text))
+    assert run.rc != 0
+    assert expected in run.output
+    assert "Gathering Facts" not in run.output, "the run went past the validation play"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("base_swap_disable", "'perhaps'"), ("base_firewall_ssh_port", "'twenty-two'"),
+     ("base_admin_authorized_keys", "{key: value}")],
+)
+def test_bad_variable_type_names_the_variable(tmp_path, playbook, var, value):
+    text = GOOD.replace("all:\n", f"all:\n  vars:\n    {var}: {value}\n", 1)
+    run = run_site(playbook, write_inventory(tmp_path, text))
+    assert run.rc != 0
+    assert var in run.output
+    assert "Gathering Facts" not in run.output, "the run went past the validation play"
