@@ -1,0 +1,630 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: edgelab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Manage ejabberd accounts through ejabberd's HTTP API (mod_http_api)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: xmpp_user
+short_description: Manage ejabberd XMPP accounts, one or hundreds per call, through ejabberd's HTTP API
+description:
+  - Creates, updates the password of, or removes accounts on an ejabberd server by calling the
+    server's HTTP API (C(mod_http_api)) with HTTP Basic authentication as an ejabberd admin account.
+  - Run it on the XMPP host itself, against an API listener bound to the loopback address. No
+    password ever appears on a process command line (C(ejabberdctl register USER HOST PASSWORD)
+    and the community.general C(ejabberd_user) module put it there); passwords travel only in
+    the module's arguments and in HTTP request bodies on the loopback interface.
+  - One task handles a list of users (bulk); the module makes one C(registered_users) request,
+    then only the requests each listed user needs (C(register), C(check_password),
+    C(change_password), C(unregister)), O(api_workers) at a time over keep-alive connections.
+  - A server that is not running or not reachable and an admin account that cannot authenticate
+    are reported as failures with distinct messages; they are never taken for "user absent".
+  - The API must allow the admin account the commands C(registered_users), C(register),
+    C(unregister), C(check_password) and C(change_password) through C(api_permissions). The
+    edgelab role C(ejabberd) configures exactly that.
+  - ejabberd 23.01 logs every API call's arguments at level info; set C(hide_sensitive_log_data) to
+    C(true) in ejabberd.yml (the role does) or the passwords end up in ejabberd's log.
+version_added: "1.0.0"
+author:
+  - edgelab contributors
+options:
+  host:
+    description:
+      - The XMPP domain (ejabberd virtual host) the accounts belong to.
+    type: str
+    required: true
+  name:
+    description:
+      - Local part of one account (C(node-nuc1) for C(node-nuc1@HOST)). A full JID is accepted if
+        its domain is O(host). Names are lower-cased, as ejabberd does.
+      - Mutually exclusive with O(users) and O(users_file).
+    type: str
+    aliases: [user]
+  password:
+    description:
+      - Password of the account given in O(name). Required with O(state=present).
+    type: str
+  users:
+    description:
+      - A list of accounts handled in one call.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Local part (or full JID in O(host)) of the account.
+        type: str
+        required: true
+      password:
+        description: Its password. Required with O(state=present).
+        type: str
+  users_file:
+    description:
+      - Path, on the host the module runs on, of a users file in the seed format, one
+        C(agentid,password) per line. Blank lines and lines starting with C(#) are skipped;
+        whitespace around the name and the password is removed; the password is everything
+        after the first comma.
+    type: path
+  state:
+    description:
+      - V(present) creates missing accounts (and updates passwords as O(update_password) says);
+        V(absent) removes the accounts listed (passwords are then ignored).
+    type: str
+    choices: [present, absent]
+    default: present
+  update_password:
+    description:
+      - V(always) checks every listed existing account's password (one C(check_password)
+        request each) and changes it when it differs. V(on_create) sets passwords only when it
+        creates an account.
+    type: str
+    choices: [always, on_create]
+    default: always
+  api_url:
+    description:
+      - Base URL of ejabberd's C(mod_http_api) handler. Keep it on the loopback address.
+    type: str
+    default: http://127.0.0.1:5281/api
+  api_user:
+    description:
+      - The admin account used for HTTP Basic authentication, as a JID (C(admin@HOST)); a bare
+        local part gets C(@HOST) appended.
+    type: str
+    required: true
+  api_password:
+    description:
+      - The admin account's password.
+    type: str
+    required: true
+  api_timeout:
+    description:
+      - Seconds to wait for each HTTP request.
+    type: int
+    default: 30
+  api_workers:
+    description:
+      - How many requests run in parallel, each worker over its own keep-alive connection. ejabberd
+        hashes passwords (SCRAM) and checks the admin's password on every request, so parallel
+        requests use the server's cores. The first failure stops new requests.
+    type: int
+    default: 4
+  api_ca_path:
+    description:
+      - CA bundle that verifies the server certificate when O(api_url) is C(https://). The
+        system's trust store is used when it is not given. Verification cannot be turned off.
+    type: path
+attributes:
+  check_mode:
+    support: full
+    details: Read requests (C(registered_users), C(check_password)) are made; writes are not.
+  diff_mode:
+    support: full
+    details: >-
+      The diff names the accounts that are (or would be) created, removed, or given a new
+      password; never a password.
+notes:
+  - "Failures are distinct: an unreachable API (server down, wrong port) says so and names the URL;
+    HTTP 401/403 says the admin account could not authenticate or is not allowed the command;
+    an unknown O(host) says the virtual host is not served."
+requirements:
+  - ejabberd 21.07 or later with C(mod_http_api) (tested with Debian's ejabberd 23.01).
+"""
+
+EXAMPLES = r"""
+- name: Register one agent
+  xmpp_user:
+    host: xmpp.lab.example
+    name: node-nuc2
+    password: "{{ node_nuc2_password }}"
+    api_user: admin@xmpp.lab.example
+    api_password: "{{ ejabberd_admin_password }}"
+
+- name: Register all agents in one call (a list of {name, password})
+  xmpp_user:
+    host: xmpp.lab.example
+    users: "{{ agent_accounts }}"
+    update_password: always
+    api_user: admin@xmpp.lab.example
+    api_password: "{{ ejabberd_admin_password }}"
+  no_log: true
+
+- name: Register the accounts of a seed users file (agentid,password per line) already on the host
+  xmpp_user:
+    host: xmpp.lab.example
+    users_file: /root/users.txt
+    update_password: on_create
+    api_user: admin@xmpp.lab.example
+    api_password: "{{ ejabberd_admin_password }}"
+
+- name: Remove two agents
+  xmpp_user:
+    host: xmpp.lab.example
+    users:
+      - name: node-old1
+      - name: node-old2
+    state: absent
+    api_user: admin@xmpp.lab.example
+    api_password: "{{ ejabberd_admin_password }}"
+"""
+
+RETURN = r"""
+created:
+  description: JIDs of the accounts created (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [node-nuc2@xmpp.lab.example]
+updated:
+  description: JIDs of existing accounts whose password was changed (or would be).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+removed:
+  description: JIDs of the accounts removed (or that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+unchanged:
+  description: Number of listed accounts that needed no change.
+  returned: always
+  type: int
+  sample: 499
+requests:
+  description: Number of HTTP requests made to the API.
+  returned: always
+  type: int
+  sample: 501
+"""
+
+import base64
+import http.client
+import json
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from urllib.parse import urlsplit
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+# Characters XMPP forbids in a local part (RFC 7622), plus whitespace.
+_FORBIDDEN_LOCAL = set("\"&'/:<>@") | set(" \t\r\n")
+
+
+class ApiUnreachable(Exception):
+    """The HTTP API could not be reached at all (server down, wrong address)."""
+
+
+class ApiAuthError(Exception):
+    """The API answered 401/403: the admin account cannot authenticate or is not allowed."""
+
+
+class ApiError(Exception):
+    """Any other unexpected API answer."""
+
+    def __init__(self, command, status, body):
+        super().__init__(command, status, body)
+        self.command = command
+        self.status = status
+        self.body = body
+
+
+class HttpTransport:
+    """Minimal keep-alive HTTP(S) client: POST a JSON body, return (status, decoded JSON body)."""
+
+    def __init__(self, url, timeout, ca_path=None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("api_url must start with http:// or https://, got %r" % url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base_path = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.ca_path = ca_path
+        self.conn = None
+        self.used = False
+
+    def _connect(self):
+        if self.scheme == "https":
+            context = ssl.create_default_context(cafile=self.ca_path)
+            self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self.used = False
+
+    def post(self, command, payload, headers):
+        path = "%s/%s" % (self.base_path, command)
+        body = json.dumps(payload, sort_keys=True).encode("utf-8")
+        for attempt in (1, 2):
+            if self.conn is None:
+                self._connect()
+            reused = self.used
+            try:
+                self.conn.request("POST", path, body=body, headers=headers)
+                response = self.conn.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                # A kept-alive connection the server closed in between: reconnect once.
+                self.close()
+                if reused and attempt == 1:
+                    continue
+                raise ApiUnreachable("%s (connection closed by the server)" % to_native(exc))
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise ApiUnreachable(to_native(exc))
+            self.used = True
+            if response.getheader("Connection", "").lower() == "close":
+                self.close()
+            return response.status, data
+        raise ApiUnreachable("no answer")  # pragma: no cover
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class EjabberdApi:
+    """The few mod_http_api commands the module uses."""
+
+    def __init__(self, transport, api_user, api_password):
+        token = base64.b64encode(("%s:%s" % (api_user, api_password)).encode("utf-8")).decode("ascii")
+        self.transport = transport
+        self.headers = {
+            "Authorization": "Basic " + token,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self.requests = 0
+
+    def call(self, command, payload):
+        self.requests += 1
+        status, data = self.transport.post(command, payload, self.headers)
+        try:
+            body = json.loads(data.decode("utf-8")) if data else None
+        except ValueError:
+            body = data.decode("utf-8", "replace")
+        if status in (401, 403):
+            raise ApiAuthError("HTTP %s on %s: %s" % (status, command, _message(body)))
+        if status != 200:
+            raise ApiError(command, status, body)
+        return body
+
+    def registered_users(self, host):
+        body = self.call("registered_users", {"host": host})
+        if not isinstance(body, list):
+            raise ApiError("registered_users", 200, body)
+        return set(body)
+
+    def register(self, user, host, password):
+        """Create an account; return False if it already existed (HTTP 409)."""
+        try:
+            self.call("register", {"user": user, "host": host, "password": password})
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def check_password(self, user, host, password):
+        """True if the account's password is `password` (ejabberd answers 0 for a match)."""
+        body = self.call("check_password", {"user": user, "host": host, "password": password})
+        if body not in (0, 1):
+            raise ApiError("check_password", 200, body)
+        return body == 0
+
+    def change_password(self, user, host, password):
+        body = self.call("change_password", {"user": user, "host": host, "newpass": password})
+        if body != 0:
+            raise ApiError("change_password", 200, body)
+
+    def unregister(self, user, host):
+        self.call("unregister", {"user": user, "host": host})
+
+
+def _message(body):
+    if isinstance(body, dict):
+        return body.get("message") or json.dumps(body)
+    return to_native(body)
+
+
+def normalize_name(name, host):
+    """Return the lower-cased local part of `name` (a local part or a JID in `host`)."""
+    if name is None:
+        raise ValueError("a user without a name")
+    name = name.strip()
+    if "@" in name:
+        local, _sep, domain = name.partition("@")
+        domain = domain.split("/", 1)[0]
+        if domain.lower() != host.lower():
+            raise ValueError("user %r is not in the XMPP domain %r" % (name, host))
+        name = local
+    if not name:
+        raise ValueError("an empty user name")
+    if any(c in _FORBIDDEN_LOCAL for c in name):
+        raise ValueError("user name %r contains a character XMPP forbids in a local part" % name)
+    return name.lower()
+
+
+def parse_users_file(text):
+    """Parse the seed's `agentid,password` format into [{'name', 'password'}]."""
+    users = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, password = line.partition(",")
+        if not sep:
+            raise ValueError("users file line %d has no comma (expected agentid,password)" % number)
+        users.append({"name": name.strip(), "password": password.strip()})
+    return users
+
+
+def collect_users(params):
+    """Return an ordered dict name -> password (or None) from name/users/users_file."""
+    host = params["host"]
+    if params["name"] is not None:
+        entries = [{"name": params["name"], "password": params["password"]}]
+    elif params["users"] is not None:
+        entries = params["users"]
+    else:
+        path = params["users_file"]
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                entries = parse_users_file(handle.read())
+        except OSError as exc:
+            raise ValueError("cannot read users_file %s: %s" % (path, to_native(exc)))
+    wanted = {}
+    for entry in entries:
+        name = normalize_name(entry.get("name"), host)
+        password = entry.get("password")
+        if params["state"] == "present":
+            if password is None or password == "":
+                raise ValueError("user %r has no password (required with state=present)" % name)
+            if name in wanted and wanted[name] != password:
+                raise ValueError("user %r is listed twice with different passwords" % name)
+        wanted[name] = password
+    return wanted
+
+
+class Progress:
+    """What has been done so far (kept when a later request fails)."""
+
+    def __init__(self):
+        self.created, self.updated, self.removed = [], [], []
+        self.unchanged = 0
+
+
+def _apply_one(module, api, name, password, existing):
+    """Bring one account to the wanted state; return 'created'|'updated'|'removed'|'unchanged'."""
+    params = module.params
+    host = params["host"]
+    if params["state"] == "absent":
+        if name not in existing:
+            return "unchanged"
+        if not module.check_mode:
+            api.unregister(name, host)
+        return "removed"
+    if name not in existing:
+        if module.check_mode or api.register(name, host, password):
+            return "created"
+        # Created by someone else between our listing and now: treat it as existing.
+    if params["update_password"] == "always" and not api.check_password(name, host, password):
+        if not module.check_mode:
+            api.change_password(name, host, password)
+        return "updated"
+    return "unchanged"
+
+
+def _record(progress, name, outcome):
+    if outcome == "unchanged":
+        progress.unchanged += 1
+    else:
+        getattr(progress, outcome).append(name)
+
+
+def apply_all(module, api_factory, wanted, existing, progress, apis):
+    """Apply every account, over up to api_workers keep-alive connections in parallel.
+
+    Stops at the first failure (no new request is started) and re-raises it.
+    """
+    items = list(wanted.items())
+    workers = max(1, min(module.params["api_workers"], len(items)))
+    if workers == 1:
+        api = apis[0]
+        for name, password in items:
+            _record(progress, name, _apply_one(module, api, name, password, existing))
+        return
+    local = threading.local()
+    lock = threading.Lock()
+    abort = threading.Event()
+
+    def work(item):
+        if abort.is_set():
+            return None
+        api = getattr(local, "api", None)
+        if api is None:
+            api = local.api = api_factory()
+            with lock:
+                apis.append(api)
+        return _apply_one(module, api, item[0], item[1], existing)
+
+    recorded = set()
+
+    def record(future):
+        if future in recorded or not future.done() or future.cancelled() or future.exception() is not None:
+            return
+        recorded.add(future)
+        if future.result() is not None:
+            _record(progress, futures[future], future.result())
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(work, item): item[0] for item in items}
+        try:
+            for future in as_completed(futures):
+                future.result()  # raises the first failure
+                record(future)
+        except BaseException:
+            abort.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future in futures:  # keep what the other workers finished
+                record(future)
+            raise
+
+
+def summarize(module, progress, apis, wanted):
+    """The module's result (lists in input order) from what was done."""
+    host = module.params["host"]
+    order = {name: i for i, name in enumerate(wanted)}
+
+    def jids(names):
+        return ["%s@%s" % (n, host) for n in sorted(names, key=order.get)]
+
+    result = {
+        "changed": bool(progress.created or progress.updated or progress.removed),
+        "created": jids(progress.created),
+        "updated": jids(progress.updated),
+        "removed": jids(progress.removed),
+        "unchanged": progress.unchanged,
+        "requests": sum(api.requests for api in apis),
+    }
+    if module._diff:
+        before, after = [], []
+        for jid in result["created"]:
+            before.append("%s: absent" % jid)
+            after.append("%s: present" % jid)
+        for jid in result["updated"]:
+            before.append("%s: present" % jid)
+            after.append("%s: present (password changed)" % jid)
+        for jid in result["removed"]:
+            before.append("%s: present" % jid)
+            after.append("%s: absent" % jid)
+        result["diff"] = {
+            "before_header": "xmpp accounts on %s" % host,
+            "after_header": "xmpp accounts on %s" % host,
+            "before": "\n".join(before) + ("\n" if before else ""),
+            "after": "\n".join(after) + ("\n" if after else ""),
+        }
+    return result
+
+
+def build_module():
+    return AnsibleModule(
+        argument_spec=dict(
+            host=dict(type="str", required=True),
+            name=dict(type="str", aliases=["user"]),
+            password=dict(type="str", no_log=True),
+            users=dict(
+                type="list",
+                elements="dict",
+                options=dict(
+                    name=dict(type="str", required=True),
+                    password=dict(type="str", no_log=True),
+                ),
+            ),
+            users_file=dict(type="path"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            update_password=dict(type="str", default="always", choices=["always", "on_create"]),
+            api_url=dict(type="str", default="http://127.0.0.1:5281/api"),
+            api_user=dict(type="str", required=True),
+            api_password=dict(type="str", required=True, no_log=True),
+            api_timeout=dict(type="int", default=30),
+            api_workers=dict(type="int", default=4),
+            api_ca_path=dict(type="path"),
+        ),
+        mutually_exclusive=[("name", "users", "users_file")],
+        required_one_of=[("name", "users", "users_file")],
+        supports_check_mode=True,
+    )
+
+
+def main(transport_factory=HttpTransport):
+    module = build_module()
+    params = module.params
+    api_user = params["api_user"]
+    if "@" not in api_user:
+        api_user = "%s@%s" % (api_user, params["host"])
+    url = params["api_url"]
+    if params["api_workers"] < 1:
+        module.fail_json(msg="api_workers must be at least 1")
+
+    def api_factory():
+        transport = transport_factory(url, params["api_timeout"], params["api_ca_path"])
+        return EjabberdApi(transport, api_user, params["api_password"])
+
+    try:
+        wanted = collect_users(params)
+        apis = [api_factory()]
+    except ValueError as exc:
+        module.fail_json(msg=to_native(exc))
+    progress = Progress()
+    failure = None
+    try:
+        existing = apis[0].registered_users(params["host"])
+        apply_all(module, api_factory, wanted, existing, progress, apis)
+    except ApiUnreachable as exc:
+        failure = dict(
+            msg="ejabberd HTTP API at %s is not reachable: %s. Is ejabberd running on this host, with "
+            "mod_http_api listening there?" % (url, exc),
+            reason="unreachable",
+        )
+    except ApiAuthError as exc:
+        failure = dict(
+            msg="cannot authenticate to the ejabberd admin API at %s as %s (%s): wrong admin password, "
+            "missing admin account, or the command is not allowed to it by api_permissions"
+            % (url, api_user, exc),
+            reason="auth",
+        )
+    except ApiError as exc:
+        if exc.status == 400 and "virtual host" in _message(exc.body).lower():
+            failure = dict(msg="ejabberd does not serve the XMPP domain %r (%s)" % (params["host"], _message(exc.body)),
+                           reason="unknown_host")
+        else:
+            failure = dict(
+                msg="ejabberd API command %s failed: HTTP %s: %s" % (exc.command, exc.status, _message(exc.body)),
+                reason="api_error",
+            )
+    finally:
+        for api in apis:
+            api.transport.close()
+    result = summarize(module, progress, apis, wanted)
+    if failure is not None:
+        if not result["changed"]:
+            # Nothing was done: say only what failed (no empty lists that could read as "no such user").
+            module.fail_json(**failure)
+        failure["msg"] += " (before the failure: %d created, %d updated, %d removed)" % (
+            len(result["created"]), len(result["updated"]), len(result["removed"]))
+        result.pop("diff", None)
+        module.fail_json(**dict(result, **failure))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Monitoring roles' templates rendered by Ansible itself and parsed.
+
+Grafana cannot be installed here (its apt repository is out of reach), so its
+configuration and provisioning files are rendered through the role's own
+tasks and templates and parsed as Grafana would read them. Prometheus's
+files are rendered the same way from a small inventory whose group_vars add
+scrape jobs the way later roles do, so the generated scrape set is checked
+without a lab (the molecule scenario "monitoring" checks it on lab hosts,
+with promtool).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import stat
+import pytest
+import yaml
+
+from conftest import BIN, REPO, ansible_playbook
+
+INVENTORY = """
+all:
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: {python}
+    edgelab_credentials_dir: {tmp}/credentials
+  children:
+    nucs:
+      hosts:
+        mon1: {{ansible_host: 192.0.2.11}}
+        w1: {{ansible_host: 192.0.2.12}}
+        w2: {{ansible_host: 192.0.2.13, base_address: 198.51.100.13}}
+    monitoring:
+      hosts:
+        mon1:
+    workers:
+      hosts:
+        w1:
+        w2:
+    kafka_brokers:
+      hosts:
+        mon1:
+    mlops:
+      hosts:
+        mon1:
+"""
+
+# Scrape jobs declared the way later roles do (docs/monitoring.md): one
+# variable per job in group_vars. kafka: enabled; mlflow: disabled;
+# consumers: enabled but its group does not exist in this inventory.
+GROUP_VARS_ALL = """
+prometheus_scrape_job_kafka:
+  group: kafka_brokers
+  port: 9404
+  experiment: true
+  description: Kafka broker metrics
+prometheus_scrape_job_mlflow:
+  group: mlops
+  port: 5000
+  enabled: "{{ 'mlflow' in (edgelab_enabled_services | default([])) }}"
+prometheus_scrape_job_consumers:
+  group: consumers
+  port: 9466
+  experiment: true
+prometheus_scrape_job_node:
+  group: nucs
+  port: 9100
+  experiment: true
+  labels:
+    cluster: lab
+"""
+
+PLAYBOOK = """
+- name: Render the monitoring roles' files
+  hosts: monitoring
+  gather_facts: false
+  vars:
+    out: {tmp}/out
+  tasks:
+    - name: Prometheus credentials (generated on the first run)
+      ansible.builtin.include_role:
+        name: prometheus
+        tasks_from: credentials
+        public: true
+
+    - name: Prometheus scrape jobs
+      ansible.builtin.include_role:
+        name: prometheus
+        tasks_from: scrape_jobs
+        public: true
+
+    - name: Storage facts the templates use
+      ansible.builtin.set_fact:
+        prometheus_data_path: /srv/data/prometheus
+        prometheus_retention_size_effective: 1000MB
+
+    - name: Render Prometheus's files
+      ansible.builtin.template:
+        src: "{repo}/roles/prometheus/templates/{{{{ item }}}}.j2"
+        dest: "{{{{ out }}}}/{{{{ item }}}}"
+        mode: "0600"
+      loop: [prometheus.yml, web.yml, edgelab-recording.yml, edgelab-alerts.yml, prometheus.default,
+             prometheus.service.d.conf]
+
+    - name: Grafana credentials (generated on the first run)
+      ansible.builtin.include_role:
+        name: grafana
+        tasks_from: credentials
+        public: true
+
+    - name: Render Grafana's files
+      ansible.builtin.template:
+        src: "{repo}/roles/grafana/templates/{{{{ item }}}}.j2"
+        dest: "{{{{ out }}}}/{{{{ item }}}}"
+        mode: "0600"
+      loop: [grafana.ini, datasource.yaml, dashboards.yaml, grafana.pref]
+
+    - name: node_exporter's settings
+      ansible.builtin.include_vars:
+        file: "{repo}/roles/node_exporter/defaults/main.yml"
+
+    - name: Render node_exporter's files
+      ansible.builtin.template:
+        src: "{repo}/roles/node_exporter/templates/{{{{ item }}}}.j2"
+        dest: "{{{{ out }}}}/{{{{ item }}}}"
+        mode: "0600"
+      loop: [prometheus-node-exporter.default, edgelab_node.prom, 70-edgelab-rapl.rules]
+      vars:
+        node_exporter_rapl_counters:
+          files: [{{path: /sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/energy_uj}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monitoring")
+    inv = tmp / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    (tmp / "out").mkdir()
+    (inv / "hosts.yml").write_text(INVENTORY.format(python=BIN / "python", tmp=tmp))
+    (inv / "group_vars" / "all.yml").write_text(GROUP_VARS_ALL)
+    play = tmp / "render.yml"
+    play.write_text(PLAYBOOK.format(tmp=tmp, repo=REPO))
+    first = ansible_playbook("-i", str(inv), str(play), timeout=300)
+    assert first.rc == 0, first.output[-4000:]
+    hash_first = (tmp / "out" / "web.yml").read_text()
+    second = ansible_playbook("-i", str(inv), str(play), timeout=300)
+    assert second.rc == 0, second.output[-4000:]
+    return {"dir": tmp / "out", "creds": tmp / "credentials", "web_first": hash_first}
+
+
+def load_yaml(rendered, name):
+    return yaml.safe_load((rendered["dir"] / name).read_text())
+
+
+def test_scrape_set_comes_from_the_inventory(rendered):
+    config = load_yaml(rendered, "prometheus.yml")
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    # mlflow is disabled, consumers' group has no host: both are left out, so no target is down for good.
+    assert set(jobs) == {"kafka", "node", "prometheus"}
+    node = jobs["node"]
+    assert node["scrape_interval"] == "5s" and node["scrape_timeout"] == "5s"
+    assert [(c["targets"], c["labels"]) for c in node["static_configs"]] == [
+        (["192.0.2.11:9100"], {"cluster": "lab", "node": "mon1"}),
+        (["192.0.2.12:9100"], {"cluster": "lab", "node": "w1"}),
+        (["198.51.100.13:9100"], {"cluster": "lab", "node": "w2"}),  # base_address wins over ansible_host
+    ]
+    assert jobs["kafka"]["scrape_interval"] == "5s"
+    assert [c["targets"] for c in jobs["kafka"]["static_configs"]] == [["192.0.2.11:9404"]]
+    prom = jobs["prometheus"]
+    assert prom["scrape_interval"] == "15s" and prom["scrape_timeout"] == "10s"
+    assert prom["basic_auth"] == {"username": "edgelab", "password_file": "/etc/prometheus/web_password"}
+    assert config["global"]["scrape_interval"] == "15s"
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+
+def test_credentials_are_generated_private_and_stable(rendered):
+    creds = rendered["creds"]
+    names = sorted(p.name for p in creds.iterdir())
+    assert names == ["grafana_admin_password", "grafana_secret_key", "prometheus_web_password",
+                     "prometheus_web_password.salt"]
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    for p in creds.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert len((creds / "prometheus_web_password").read_text().strip()) == 32
+    # Same password and salt on the second run: the web config does not change.
+    assert (rendered["dir"] / "web.yml").read_text() == rendered["web_first"]
+
+
+def test_web_config_holds_a_bcrypt_hash_of_the_password(rendered):
+    passlib_hash = pytest.importorskip("passlib.hash")
+    web = load_yaml(rendered, "web.yml")
+    hashed = web["basic_auth_users"]["edgelab"]
+    assert hashed.startswith("$2b$10$")
+    password = (rendered["creds"] / "prometheus_web_password").read_text().strip()
+    assert passlib_hash.bcrypt.verify(password, hashed)
+    assert not passlib_hash.bcrypt.verify(password + "x", hashed)
+    assert password not in (rendered["dir"] / "web.yml").read_text()
+    assert "tls_server_config" not in web
+
+
+def test_prometheus_flags(rendered):
+    text = (rendered["dir"] / "prometheus.default").read_text()
+    args = text.split("ARGS='", 1)[1].rsplit("'", 1)[0].split(" ")
+    assert "--storage.tsdb.retention.time=30d" in args
+    assert "--storage.tsdb.retention.size=1000MB" in args
+    assert "--storage.tsdb.path=/srv/data/prometheus" in args
+    assert "--web.config.file=/etc/prometheus/web.yml" in args
+    assert "--web.enable-admin-api" in args
+    password = (rendered["creds"] / "prometheus_web_password").read_text().strip()
+    assert password not in text
+    dropin = configparser.ConfigParser(strict=False)
+    dropin.read_string((rendered["dir"] / "prometheus.service.d.conf").read_text())
+    assert dropin["Service"]["ReadWritePaths"] == "/srv/data/prometheus"
+
+
+def test_rules_render_with_the_experiment_interval(rendered):
+    recording = load_yaml(rendered, "edgelab-recording.yml")
+    assert {g["interval"] for g in recording["groups"]} == {"5s"}
+    records = [r["record"] for g in recording["groups"] for r in g["rules"]]
+    assert len(records) == len(set(records))
+    assert {"node:cpu_utilisation:rate1m", "node:power_watts:rate1m",
+            "topic:edgelab_consumer_latency_seconds:p99_rate1m",
+            "topic:edgelab_consumer_lag_messages:sum", "topic:edgelab_consumer_frames:rate1m"} <= set(records)
+    alerts = load_yaml(rendered, "edgelab-alerts.yml")
+    names = {r["alert"] for g in alerts["groups"] for r in g["rules"]}
+    assert {"EdgelabTargetDown", "EdgelabDiskAlmostFull", "EdgelabDiskFilling", "EdgelabAgentSilent"} <= names
+    down = next(r for g in alerts["groups"] for r in g["rules"] if r["alert"] == "EdgelabTargetDown")
+    assert "{{ $labels.node }}" in down["annotations"]["summary"]
+
+
+def test_grafana_ini(rendered):
+    ini = configparser.ConfigParser(interpolation=None, strict=True)
+    ini.read_string((rendered["dir"] / "grafana.ini").read_text())
+    assert ini["auth.anonymous"]["enabled"] == "false"
+    assert ini["users"]["allow_sign_up"] == "false"
+    assert ini["security"]["admin_password"] == "$__file{/etc/grafana/admin_password}"
+    assert ini["security"]["secret_key"] == "$__file{/etc/grafana/secret_key}"
+    assert ini["server"]["http_port"] == "3000"
+    assert ini["server"]["root_url"] == "http://192.0.2.11:3000/"
+    assert ini["paths"]["provisioning"] == "/etc/grafana/provisioning"
+    text = (rendered["dir"] / "grafana.ini").read_text()
+    for secret in ("grafana_admin_password", "grafana_secret_key"):
+        assert (rendered["creds"] / secret).read_text().strip() not in text
+
+
+def test_grafana_datasource(rendered):
+    ds = load_yaml(rendered, "datasource.yaml")
+    assert ds["apiVersion"] == 1
+    [prom] = ds["datasources"]
+    assert prom["uid"] == "edgelab-prometheus" and prom["type"] == "prometheus"
+    assert prom["url"] == "http://192.0.2.11:9090"
+    assert prom["basicAuth"] is True and prom["basicAuthUser"] == "edgelab"
+    password = (rendered["creds"] / "prometheus_web_password").read_text().strip()
+    assert prom["secureJsonData"]["basicAuthPassword"] == password
+    assert prom["jsonData"]["timeInterval"] == "5s"
+
+
+def test_grafana_dashboard_provider_and_pin(rendered):
+    prov = load_yaml(rendered, "dashboards.yaml")
+    [provider] = prov["providers"]
+    assert provider["type"] == "file" and provider["allowUiUpdates"] is False
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards/edgelab"
+    pref = (rendered["dir"] / "grafana.pref").read_text()
+    assert "Package: grafana\n" in pref and "Pin: version 11.6.0\n" in pref and "Pin-Priority: 1001" in pref
+
+
+def test_node_exporter_files(rendered):
+    text = (rendered["dir"] / "prometheus-node-exporter.default").read_text()
+    args = text.split("ARGS='", 1)[1].rsplit("'", 1)[0].split(" ")
+    assert "--web.listen-address=:9100" in args
+    assert "--collector.textfile.directory=/var/lib/prometheus/node-exporter" in args
+    assert "--collector.systemd" in args and "--collector.processes" in args
+    assert any(a.startswith("--collector.systemd.unit-include=") for a in args)
+    prom = (rendered["dir"] / "edgelab_node.prom").read_text()
+    assert "edgelab_node_rapl_zones 1\n" in prom and "edgelab_node_rapl_readable 1\n" in prom
+    rules = (rendered["dir"] / "70-edgelab-rapl.rules").read_text()
+    assert 'SUBSYSTEM=="powercap"' in rules and "chgrp prometheus" in rules
+
+
+def test_dashboards_name_the_provisioned_datasource():
+    for path in sorted((REPO / "roles/grafana/files/dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        for panel in dash["panels"]:
+            assert panel["datasource"]["uid"] == "edgelab-prometheus", (path.name, panel["title"])
+            for target in panel.get("targets", []):
+                assert target["datasource"]["uid"] == "edgelab-prometheus", (path.name, panel["title"])
+        for var in dash["templating"]["list"]:
+            if var["type"] == "query":
+                assert var["datasource"]["uid"] == "edgelab-prometheus", (path.name, var["name"])
