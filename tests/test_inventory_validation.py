@@ -71,3 +71,23 @@ def test_bad_variable_type_names_the_variable(tmp_path, playbook, var, value):
     assert run.rc != 0
     assert var in run.output
     assert "Gathering Facts" not in run.output, "the run went past the validation play"
+
+
+def test_credentials_are_never_read_as_inventory(tmp_path):
+    """Generated secrets live in <inventory>/credentials/; Ansible must not
+    parse them as inventory sources (a password file would become a host
+    name, printed in every play recap)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inv = tmp_path / "inv"
+    (inv / "credentials" / "xmpp").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(textwrap.dedent(GOOD))
+    (inv / "credentials" / "xmpp" / "node-n1").write_text("s3cretPassw0rdValue\n")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inv), "--list"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True,
+    ).stdout
+    assert "n1" in out
+    assert "s3cretPassw0rdValue" not in out

