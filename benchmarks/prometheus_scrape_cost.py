@@ -54,7 +54,7 @@ class Host:
         self.cmd += [f"{hv.get('ansible_user', 'root')}@{self.address}"]
 
     def sh(self, script: str, timeout: float = 30) -> str:
-        return run(self.cmd + [script], timeout).stdout
+        return run([*self.cmd, script], timeout).stdout
 
 
 class Api:
@@ -64,7 +64,7 @@ class Api:
 
     def get(self, path: str, timeout: float = 10):
         req = urllib.request.Request(self.url + path, headers={"Authorization": self.auth})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (lab address)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"{path}: HTTP {resp.status}")
             body = resp.read()
@@ -87,7 +87,8 @@ def apply_role(inventory: str, extra: dict, timeout: float) -> float:
 
 PROC = ("tck=$(getconf CLK_TCK); for u in prometheus prometheus-node-exporter; do "
         "pid=$(systemctl show -p MainPID --value $u); "
-        "echo $u $pid $tck $(cut -d' ' -f14,15 /proc/$pid/stat) $(grep VmRSS /proc/$pid/status | tr -s ' ' | cut -d' ' -f2); done")
+        "echo $u $pid $tck $(cut -d' ' -f14,15 /proc/$pid/stat)"
+        " $(grep VmRSS /proc/$pid/status | tr -s ' ' | cut -d' ' -f2); done")
 
 
 def sample(host: Host) -> dict[str, tuple[int, float, int, float]]:
@@ -189,7 +190,8 @@ def main() -> None:
     print(f"host {name} ({host.address}): {cpus} CPUs, {model}; {version}")
     print(f"warm-up {args.warmup:.0f} s, window {args.window:.0f} s, a sample every {args.step:.0f} s; "
           f"baseline = the first interval ({base['interval_s']} s), measured in this run")
-    print("| scrape interval | Prometheus CPU (% of one core) | RSS mean (MiB) | RSS max (MiB) | samples/s | head series "
+    print("| scrape interval | Prometheus CPU (% of one core) | RSS mean (MiB) | RSS max (MiB) | samples/s"
+          " | head series "
           "| CPU vs baseline | RSS vs baseline | node_exporter CPU (% of one core) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -61,7 +61,7 @@ def percentile(values, q):
     if not values:
         return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
     return ordered[index]
 
 
@@ -96,12 +96,12 @@ class Client(slixmpp.ClientXMPP):
 
     def _fail(self, why):
         if not self.ready.done():
-            self.ready.set_exception(RuntimeError("%s: %s" % (self.boundjid.bare, why)))
+            self.ready.set_exception(RuntimeError(f"{self.boundjid.bare}: {why}"))
 
     async def _started(self, _event):
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         if ssl_object is not None:
-            self.tls = "%s %s" % (ssl_object.version(), ssl_object.cipher()[0])
+            self.tls = f"{ssl_object.version()} {ssl_object.cipher()[0]}"
         self.send_presence()
         if not self.ready.done():
             self.ready.set_result(True)
@@ -361,7 +361,7 @@ def main():
         "results": results,
         "targets_met": checks,
     }
-    print("targets: " + ", ".join("%s=%s" % (k, "met" if v else "MISSED") for k, v in checks.items()))
+    print("targets: " + ", ".join("{}={}".format(k, "met" if v else "MISSED") for k, v in checks.items()))
     print("RESULT " + json.dumps(summary, sort_keys=True))
     return 0 if all(checks.values()) else 2
 

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: edgelab contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Declare Kafka topics (partitions, replication factor, configs) through the Kafka admin API."""
@@ -223,7 +222,7 @@ def read_topic(admin, name, config_keys):
     """The topic's current state, or None when the brokers do not know it."""
     described = admin.describe_topics([name])
     if not described:
-        raise TopicError("The brokers returned no metadata for topic %s." % name)
+        raise TopicError(f"The brokers returned no metadata for topic {name}.")
     meta = described[0]
     if meta["error_code"] == UNKNOWN_TOPIC_OR_PARTITION:
         return None
@@ -254,14 +253,14 @@ def run(module, admin):
     if params["state"] == "absent":
         if current is None:
             return False, {}, {}, {}, actions
-        actions.append("delete %s" % name)
+        actions.append(f"delete {name}")
         if not module.check_mode:
             admin.delete_topics([name], timeout_ms=params["timeout"] * 1000)
         return True, {}, current, {}, actions
 
     if current is None:
         if params["partitions"] is None:
-            raise TopicError("Topic %s does not exist: give partitions to create it." % name)
+            raise TopicError(f"Topic {name} does not exist: give partitions to create it.")
         spec = {"num_partitions": params["partitions"]}
         if params["replication_factor"] is not None:
             spec["replication_factor"] = params["replication_factor"]
@@ -296,15 +295,15 @@ def run(module, admin):
         if not module.check_mode:
             try:
                 admin.create_partitions({name: wanted_partitions}, timeout_ms=params["timeout"] * 1000)
-            except IncompatibleBrokerVersion:
+            except IncompatibleBrokerVersion as exc:
                 raise TopicError(
                     "Topic %s has %d partitions and %d were asked for, but the broker does not "
                     "implement CreatePartitions (Tansu does not): delete and recreate the topic "
-                    "to change its partitions." % (name, current["partitions"], wanted_partitions))
+                    "to change its partitions." % (name, current["partitions"], wanted_partitions)) from exc
 
     changed_configs = {k: v for k, v in wanted_configs.items() if current["configs"].get(k) != v}
     if changed_configs:
-        actions.extend("set %s=%s" % (k, v) for k, v in sorted(changed_configs.items()))
+        actions.extend(f"set {k}={v}" for k, v in sorted(changed_configs.items()))
         after["configs"].update(changed_configs)
         if not module.check_mode:
             admin.alter_configs([ConfigResource("TOPIC", name, configs=changed_configs)], raise_on_unknown=False)
@@ -354,14 +353,15 @@ def main():
     except TopicError as e:
         module.fail_json(msg=str(e))
     except SaslAuthenticationFailedError as e:
-        module.fail_json(msg="SASL authentication as %s to %s failed: %s" % (params["sasl_username"], servers, e))
+        module.fail_json(msg="SASL authentication as {} to {} failed: {}".format(params["sasl_username"], servers, e))
     except AuthorizationError as e:
-        module.fail_json(msg="The brokers at %s refused the request for topic %s: %s" % (servers, params["name"], e))
+        module.fail_json(msg="The brokers at {} refused the request for topic {}: {}".format(
+            servers, params["name"], e))
     except (KafkaTimeoutError, KafkaConnectionError) as e:
         module.fail_json(msg="Cannot reach the Kafka brokers at %s within %ds (%s): is the broker running, "
                              "listening there and open to this host?" % (servers, params["timeout"], e))
     except KafkaError as e:
-        module.fail_json(msg="Kafka request for topic %s at %s failed: %s" % (params["name"], servers, e),
+        module.fail_json(msg="Kafka request for topic {} at {} failed: {}".format(params["name"], servers, e),
                          exception=traceback.format_exc())
     finally:
         if admin is not None:

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: edgelab contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Manage ejabberd accounts through ejabberd's HTTP API (mod_http_api)."""
@@ -215,7 +214,7 @@ from ansible.module_utils.common.text.converters import to_native
 _FORBIDDEN_LOCAL = set("\"&'/:<>@") | set(" \t\r\n")
 
 
-class ApiUnreachable(Exception):
+class ApiUnreachableError(Exception):
     """The HTTP API could not be reached at all (server down, wrong address)."""
 
 
@@ -239,7 +238,7 @@ class HttpTransport:
     def __init__(self, url, timeout, ca_path=None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise ValueError("api_url must start with http:// or https://, got %r" % url)
+            raise ValueError(f"api_url must start with http:// or https://, got {url!r}")
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -258,7 +257,7 @@ class HttpTransport:
         self.used = False
 
     def post(self, command, payload, headers):
-        path = "%s/%s" % (self.base_path, command)
+        path = f"{self.base_path}/{command}"
         body = json.dumps(payload, sort_keys=True).encode("utf-8")
         for attempt in (1, 2):
             if self.conn is None:
@@ -273,15 +272,15 @@ class HttpTransport:
                 self.close()
                 if reused and attempt == 1:
                     continue
-                raise ApiUnreachable("%s (connection closed by the server)" % to_native(exc))
+                raise ApiUnreachableError(f"{to_native(exc)} (connection closed by the server)") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise ApiUnreachable(to_native(exc))
+                raise ApiUnreachableError(to_native(exc)) from exc
             self.used = True
             if response.getheader("Connection", "").lower() == "close":
                 self.close()
             return response.status, data
-        raise ApiUnreachable("no answer")  # pragma: no cover
+        raise ApiUnreachableError("no answer")  # pragma: no cover
 
     def close(self):
         if self.conn is not None:
@@ -295,7 +294,7 @@ class EjabberdApi:
     """The few mod_http_api commands the module uses."""
 
     def __init__(self, transport, api_user, api_password):
-        token = base64.b64encode(("%s:%s" % (api_user, api_password)).encode("utf-8")).decode("ascii")
+        token = base64.b64encode((f"{api_user}:{api_password}").encode()).decode("ascii")
         self.transport = transport
         self.headers = {
             "Authorization": "Basic " + token,
@@ -312,7 +311,7 @@ class EjabberdApi:
         except ValueError:
             body = data.decode("utf-8", "replace")
         if status in (401, 403):
-            raise ApiAuthError("HTTP %s on %s: %s" % (status, command, _message(body)))
+            raise ApiAuthError(f"HTTP {status} on {command}: {_message(body)}")
         if status != 200:
             raise ApiError(command, status, body)
         return body
@@ -364,12 +363,12 @@ def normalize_name(name, host):
         local, _sep, domain = name.partition("@")
         domain = domain.split("/", 1)[0]
         if domain.lower() != host.lower():
-            raise ValueError("user %r is not in the XMPP domain %r" % (name, host))
+            raise ValueError(f"user {name!r} is not in the XMPP domain {host!r}")
         name = local
     if not name:
         raise ValueError("an empty user name")
     if any(c in _FORBIDDEN_LOCAL for c in name):
-        raise ValueError("user name %r contains a character XMPP forbids in a local part" % name)
+        raise ValueError(f"user name {name!r} contains a character XMPP forbids in a local part")
     return name.lower()
 
 
@@ -397,19 +396,19 @@ def collect_users(params):
     else:
         path = params["users_file"]
         try:
-            with open(path, "r", encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle:
                 entries = parse_users_file(handle.read())
         except OSError as exc:
-            raise ValueError("cannot read users_file %s: %s" % (path, to_native(exc)))
+            raise ValueError(f"cannot read users_file {path}: {to_native(exc)}") from exc
     wanted = {}
     for entry in entries:
         name = normalize_name(entry.get("name"), host)
         password = entry.get("password")
         if params["state"] == "present":
             if password is None or password == "":
-                raise ValueError("user %r has no password (required with state=present)" % name)
+                raise ValueError(f"user {name!r} has no password (required with state=present)")
             if name in wanted and wanted[name] != password:
-                raise ValueError("user %r is listed twice with different passwords" % name)
+                raise ValueError(f"user {name!r} is listed twice with different passwords")
         wanted[name] = password
     return wanted
 
@@ -432,9 +431,8 @@ def _apply_one(module, api, name, password, existing):
         if not module.check_mode:
             api.unregister(name, host)
         return "removed"
-    if name not in existing:
-        if module.check_mode or api.register(name, host, password):
-            return "created"
+    if name not in existing and (module.check_mode or api.register(name, host, password)):
+        return "created"
         # Created by someone else between our listing and now: treat it as existing.
     if params["update_password"] == "always" and not api.check_password(name, host, password):
         if not module.check_mode:
@@ -505,7 +503,7 @@ def summarize(module, progress, apis, wanted):
     order = {name: i for i, name in enumerate(wanted)}
 
     def jids(names):
-        return ["%s@%s" % (n, host) for n in sorted(names, key=order.get)]
+        return [f"{n}@{host}" for n in sorted(names, key=order.get)]
 
     result = {
         "changed": bool(progress.created or progress.updated or progress.removed),
@@ -518,17 +516,17 @@ def summarize(module, progress, apis, wanted):
     if module._diff:
         before, after = [], []
         for jid in result["created"]:
-            before.append("%s: absent" % jid)
-            after.append("%s: present" % jid)
+            before.append(f"{jid}: absent")
+            after.append(f"{jid}: present")
         for jid in result["updated"]:
-            before.append("%s: present" % jid)
-            after.append("%s: present (password changed)" % jid)
+            before.append(f"{jid}: present")
+            after.append(f"{jid}: present (password changed)")
         for jid in result["removed"]:
-            before.append("%s: present" % jid)
-            after.append("%s: absent" % jid)
+            before.append(f"{jid}: present")
+            after.append(f"{jid}: absent")
         result["diff"] = {
-            "before_header": "xmpp accounts on %s" % host,
-            "after_header": "xmpp accounts on %s" % host,
+            "before_header": f"xmpp accounts on {host}",
+            "after_header": f"xmpp accounts on {host}",
             "before": "\n".join(before) + ("\n" if before else ""),
             "after": "\n".join(after) + ("\n" if after else ""),
         }
@@ -570,7 +568,7 @@ def main(transport_factory=HttpTransport):
     params = module.params
     api_user = params["api_user"]
     if "@" not in api_user:
-        api_user = "%s@%s" % (api_user, params["host"])
+        api_user = "{}@{}".format(api_user, params["host"])
     url = params["api_url"]
     if params["api_workers"] < 1:
         module.fail_json(msg="api_workers must be at least 1")
@@ -589,26 +587,26 @@ def main(transport_factory=HttpTransport):
     try:
         existing = apis[0].registered_users(params["host"])
         apply_all(module, api_factory, wanted, existing, progress, apis)
-    except ApiUnreachable as exc:
+    except ApiUnreachableError as exc:
         failure = dict(
-            msg="ejabberd HTTP API at %s is not reachable: %s. Is ejabberd running on this host, with "
-            "mod_http_api listening there?" % (url, exc),
+            msg=f"ejabberd HTTP API at {url} is not reachable: {exc}. Is ejabberd running on this host, with "
+            "mod_http_api listening there?",
             reason="unreachable",
         )
     except ApiAuthError as exc:
         failure = dict(
-            msg="cannot authenticate to the ejabberd admin API at %s as %s (%s): wrong admin password, "
-            "missing admin account, or the command is not allowed to it by api_permissions"
-            % (url, api_user, exc),
+            msg=f"cannot authenticate to the ejabberd admin API at {url} as {api_user} ({exc}): wrong admin password, "
+            "missing admin account, or the command is not allowed to it by api_permissions",
             reason="auth",
         )
     except ApiError as exc:
         if exc.status == 400 and "virtual host" in _message(exc.body).lower():
-            failure = dict(msg="ejabberd does not serve the XMPP domain %r (%s)" % (params["host"], _message(exc.body)),
+            failure = dict(msg="ejabberd does not serve the XMPP domain {!r} ({})".format(
+                               params["host"], _message(exc.body)),
                            reason="unknown_host")
         else:
             failure = dict(
-                msg="ejabberd API command %s failed: HTTP %s: %s" % (exc.command, exc.status, _message(exc.body)),
+                msg=f"ejabberd API command {exc.command} failed: HTTP {exc.status}: {_message(exc.body)}",
                 reason="api_error",
             )
     finally:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def leftovers() -> list[str]:
     found = []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     found += [line.split(":")[1].strip() for line in links.splitlines() if "br-tlife" in line or "vb-tlife" in line]
-    mounts = open("/proc/mounts").read()
+    mounts = Path("/proc/mounts").read_text()
     found += [line.split()[1] for line in mounts.splitlines() if "/labs/tlife/" in line]
     procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     found += [p for p in procs.splitlines() if "--machine=tlife" in p or "/labs/tlife/proxy" in p]

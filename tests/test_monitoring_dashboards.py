@@ -140,7 +140,7 @@ def test_dashboard_structure(path):
     for panel in dash["panels"]:
         assert panel["type"] in {"timeseries", "stat", "table", "gauge", "bargauge", "state-timeline"}
         g = panel["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
         refs = [t["refId"] for t in panel["targets"]]
         assert panel["targets"] and len(refs) == len(set(refs)), panel["title"]
         for t in panel["targets"]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import configparser
 import json
 import stat
+
 import pytest
 import yaml
-
 from conftest import BIN, REPO, ansible_playbook
 
 INVENTORY = """

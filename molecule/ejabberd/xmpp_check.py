@@ -122,8 +122,8 @@ async def in_band_registration(cfg, username, password):
     """Try XEP-0077 registration the way a client would: STARTTLS (verified), then
     an unauthenticated jabber:iq:register set. Returns what the server did."""
     domain = cfg["domain"]
-    header = ("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:client' "
-              "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>" % domain).encode()
+    header = (f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
+              "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
     reader, writer = await asyncio.open_connection(cfg["address"], cfg["port"])
     try:
         writer.write(header)
@@ -133,8 +133,8 @@ async def in_band_registration(cfg, username, password):
         await writer.start_tls(ssl.create_default_context(cafile=cfg["ca"]), server_hostname=domain)
         writer.write(header)
         features = await _read_until(reader, [b"</stream:features>"])
-        writer.write(("<iq type='set' id='ibr1'><query xmlns='jabber:iq:register'><username>%s</username>"
-                      "<password>%s</password></query></iq>" % (username, password)).encode())
+        writer.write((f"<iq type='set' id='ibr1'><query xmlns='jabber:iq:register'><username>{username}</username>"
+                      f"<password>{password}</password></query></iq>").encode())
         answer = await _read_until(reader, [b"</iq>", b"/>", b"</stream:stream>"])
     finally:
         writer.close()
@@ -196,17 +196,17 @@ async def run(cfg):
     bad, outcome = await login(cfg, a_cfg["jid"], a_cfg["password"] + "-wrong")
     results["wrong_password_refused"] = {"ok": outcome == "auth_refused", "outcome": outcome}
     await close(bad)
-    ghost_jid = "ghost-%s@%s" % (uuid.uuid4().hex[:8], domain)
+    ghost_jid = f"ghost-{uuid.uuid4().hex[:8]}@{domain}"
     ghost, outcome = await login(cfg, ghost_jid, "whatever-" + uuid.uuid4().hex)
     results["unregistered_jid_refused"] = {"ok": outcome == "auth_refused", "outcome": outcome}
     await close(ghost)
 
     # In-band registration (XEP-0077) before authentication: refused, and the
     # account does not exist afterwards.
-    newcomer = "ibr-%s" % uuid.uuid4().hex[:8]
+    newcomer = f"ibr-{uuid.uuid4().hex[:8]}"
     newcomer_password = "ibr-" + uuid.uuid4().hex
     attempt = await in_band_registration(cfg, newcomer, newcomer_password)
-    check, outcome_after = await login(cfg, "%s@%s" % (newcomer, domain), newcomer_password)
+    check, outcome_after = await login(cfg, f"{newcomer}@{domain}", newcomer_password)
     await close(check)
     results["in_band_registration_refused"] = {
         "ok": attempt["answer"] != "result" and outcome_after == "auth_refused",

@@ -188,7 +188,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--ready", help="file touched once the first N messages are through")
     parser.add_argument("--signal", help="file whose appearance means the broker is back")
-    parser.add_argument("--settle", type=float, default=20, help="seconds the surviving consumer gets after the restart")
+    parser.add_argument("--settle", type=float, default=20,
+                        help="seconds the surviving consumer gets after the restart")
     args = parser.parse_args()
     handler = {"roundtrip": roundtrip, "survivors": survivors, "across-restart": across_restart}[args.command]
     print(json.dumps(handler(args)))

@@ -149,7 +149,7 @@ def ejabberd():
     try:
         started = server.ctl("start", check=False)
         if started.returncode != 0:
-            raise RuntimeError("ejabberdctl start failed: %s %s" % (started.stdout, started.stderr))
+            raise RuntimeError(f"ejabberdctl start failed: {started.stdout} {started.stderr}")
         server.ctl("started")
         _wait_port(server.api_port)
         # The admin account, as the role creates it: from a file, no password on a command line.

@@ -70,7 +70,8 @@ def render(tmp_path: Path, hosts: int, security: str = "sasl_ssl", memory_mb: li
         "kafka_cluster_id": "AbCdEfGhIjKlMnOpQrStUA", "edgelab_credentials_dir": str(out / "credentials")}))
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory")
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "-e", "@" + str(overrides), str(playbook)],
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "-e", "@" + str(overrides),
+                           str(playbook)],
                           env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,22 +1,18 @@
-"""benchmarks/edgelab_kafka.py (the feeder's and consumers' Kafka helpers) against a real
+"""edgelab.kafka (agents/src/edgelab/kafka.py: the feeder's and consumers' Kafka helpers) against a real
 Tansu broker on loopback (the fixture of test_kafka_topic_tansu.py): keyed order per
 source, at-least-once hand-over of a closed consumer's partitions within a group."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("kafka", reason="kafka-python is not installed in this Python")
-from kafka.admin import KafkaAdminClient  # noqa: E402
-from test_kafka_topic_tansu import broker  # noqa: E402,F401  (the fixture)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from edgelab_kafka import FrameProducer, GroupConsumer, KafkaSettings  # noqa: E402
+from edgelab.kafka import FrameProducer, GroupConsumer, KafkaSettings
+from kafka.admin import KafkaAdminClient
+from test_kafka_topic_tansu import broker  # noqa: F401  (the fixture)
 
 
 def create(broker_address: str, name: str, partitions: int) -> None:
@@ -28,7 +24,7 @@ def create(broker_address: str, name: str, partitions: int) -> None:
         admin.close()
 
 
-def test_keyed_frames_keep_their_order_per_source(broker):  # noqa: F811
+def test_keyed_frames_keep_their_order_per_source(broker):
     create(broker, "it.helper.order", 3)
     settings = KafkaSettings(bootstrap=[broker])
     with FrameProducer(settings, "it.helper.order") as producer:
@@ -44,7 +40,7 @@ def test_keyed_frames_keep_their_order_per_source(broker):  # noqa: F811
         assert values == sorted(values)
 
 
-def test_partitions_of_a_closed_consumer_move_to_the_other_without_gaps(broker):  # noqa: F811
+def test_partitions_of_a_closed_consumer_move_to_the_other_without_gaps(broker):
     create(broker, "it.helper.group", 4)
     settings = KafkaSettings(bootstrap=[broker])
     seen: list[int] = []

@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kafka_topic", ROOT / "library" / "kafka_topic.py")
 kafka_topic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kafka_topic)
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from edgelab_kafka import tansu_binary  # noqa: E402  (the helpers live in benchmarks/)
+from edgelab.kafka import tansu_binary  # noqa: E402
 
 
 def free_port() -> int:
@@ -71,9 +70,8 @@ def broker(tmp_path_factory):
 
 
 def run_module(capsys, **args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            kafka_topic.main()
+    with patch_module_args(args), pytest.raises(SystemExit):
+        kafka_topic.main()
     return json.loads(capsys.readouterr().out)
 
 

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "library" / "xmpp_user.py"
 sys.path.insert(0, str(ROOT / "library"))
@@ -90,8 +89,8 @@ def test_bulk_500_from_users_file_and_rerun_no_change(ejabberd, tmp_path):
     result, _ = run_module(tmp_path, base(ejabberd, users_file=str(users_file)))
     second = time.monotonic() - start
     assert result["changed"] is False and result["unchanged"] == 500
-    print("\nbulk 500 users: create %.2f s, re-run (500 check_password) %.2f s, load average %.2f"
-          % (first, second, os.getloadavg()[0]))
+    print(f"\nbulk 500 users: create {first:.2f} s, re-run (500 check_password) {second:.2f} s,"
+          f" load average {os.getloadavg()[0]:.2f}")
     users = [{"name": "agent%03d" % i} for i in range(500)]
     result, _ = run_module(tmp_path, base(ejabberd, users=users, state="absent"))
     assert len(result["removed"]) == 500

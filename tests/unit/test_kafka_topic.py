@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -33,10 +34,10 @@ SERVERS = ["10.0.0.1:9092"]
 class FakeAdmin:
     """Records every call as (method, args, kwargs); answers from `topics`."""
 
-    instances: list["FakeAdmin"] = []
-    topics: dict = {}
+    instances: ClassVar[list[FakeAdmin]] = []
+    topics: ClassVar[dict] = {}
     fail_on_init: Exception | None = None
-    fail_on: dict = {}
+    fail_on: ClassVar[dict] = {}
 
     def __init__(self, **config):
         if FakeAdmin.fail_on_init is not None:
@@ -116,9 +117,8 @@ def fake_admin(monkeypatch):
 
 def run_module(capsys, **args):
     args.setdefault("bootstrap_servers", SERVERS)
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            kafka_topic.main()
+    with patch_module_args(args), pytest.raises(SystemExit):
+        kafka_topic.main()
     return json.loads(capsys.readouterr().out)
 
 
@@ -308,15 +308,15 @@ def test_documentation_parses_and_matches_the_argument_spec(monkeypatch):
     assert set(returned) == {"topic", "actions"}
     captured = {}
 
-    class Stop(Exception):
+    class StopError(Exception):
         pass
 
     def fake_module(argument_spec, **kwargs):
         captured.update(argument_spec)
-        raise Stop
+        raise StopError
 
     monkeypatch.setattr(kafka_topic, "AnsibleModule", fake_module)
-    with pytest.raises(Stop):
+    with pytest.raises(StopError):
         kafka_topic.main()
     assert set(doc["options"]) == set(captured)
     for name, spec in captured.items():

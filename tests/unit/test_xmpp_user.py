@@ -42,7 +42,7 @@ class FakeEjabberd:
     def answer(self, command, args, auth):
         if command in self.force:
             return self.force[command]
-        expected = "Basic " + base64.b64encode(("%s:%s" % (ADMIN, ADMIN_PW)).encode()).decode()
+        expected = "Basic " + base64.b64encode((f"{ADMIN}:{ADMIN_PW}").encode()).decode()
         if auth is None:
             return 403, {"status": "error", "code": 32,
                          "message": "AccessRules: Account does not have the right to perform the operation."}
@@ -56,9 +56,9 @@ class FakeEjabberd:
         if command == "register":
             if user in self.users:
                 return 409, {"status": "error", "code": 10090,
-                             "message": "User %s@%s already registered" % (user, HOST)}
+                             "message": f"User {user}@{HOST} already registered"}
             self.users[user] = args["password"]
-            return 200, "User %s@%s successfully registered" % (user, HOST)
+            return 200, f"User {user}@{HOST} successfully registered"
         if command == "check_password":
             return 200, 0 if self.users.get(user) == args["password"] else 1
         if command == "change_password":
@@ -81,7 +81,7 @@ def fake():
             super().setup()
             state.connections += 1
 
-        def do_POST(self):  # noqa: N802 - http.server's naming
+        def do_POST(self):
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
             auth = self.headers.get("Authorization")
@@ -111,9 +111,8 @@ def fake():
 
 def run_module(args, capsys):
     """Run the module's main() with args; return (result dict, raw stdout)."""
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            xmpp_user.main()
+    with patch_module_args(args), pytest.raises(SystemExit):
+        xmpp_user.main()
     out = capsys.readouterr().out
     return json.loads(out), out
 
@@ -130,7 +129,7 @@ def calls(fake):
     return [(m, p, b) for m, p, b, _a in fake.requests]
 
 
-AUTH = "Basic " + base64.b64encode(("%s:%s" % (ADMIN, ADMIN_PW)).encode()).decode()
+AUTH = "Basic " + base64.b64encode((f"{ADMIN}:{ADMIN_PW}").encode()).decode()
 
 
 def test_creates_users_with_exact_requests(fake, capsys):
@@ -411,7 +410,7 @@ def test_a_failure_with_parallel_workers_is_reported_cleanly(fake, capsys):
     assert result["failed"] is True and result["reason"] == "api_error"
     assert "register failed: HTTP 500" in result["msg"]
     # What was created before the failure is reported, and it is really there.
-    assert set(result["created"]) == {"%s@xmpp.test" % u for u in fake.users if u.startswith("agent")}
+    assert set(result["created"]) == {f"{u}@xmpp.test" for u in fake.users if u.startswith("agent")}
     assert "agent010@xmpp.test" not in result["created"]
 
 
