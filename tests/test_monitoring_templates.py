@@ -17,7 +17,7 @@ import stat
 
 import pytest
 import yaml
-from conftest import BIN, REPO, ansible_playbook
+from labtools import BIN, REPO, ansible_playbook
 
 INVENTORY = """
 all:

@@ -33,11 +33,15 @@ def main() -> int:
     down = [t.scrape_url for t in client.targets() if not t.up]
     if down:
         raise SystemExit(f"targets down: {down}")
-    seen = sorted(s.labels.get("node", "") for s in client.query('up{job="node"}'))
+    # node!="": the Debian package's stock config scrapes a job "node" (localhost:9100,
+    # no node label) until the role's config replaces it; that series stays visible
+    # for Prometheus's 5 min lookback.
+    selector = 'up{job="node",node!=""}'
+    seen = sorted(s.labels.get("node", "") for s in client.query(selector))
     if seen != nodes:
         raise SystemExit(f"up{{job='node'}} has nodes {seen}, expected {nodes}")
     end = time.time()
-    series = client.query_range('up{job="node"}', end - 60, end, 5)
+    series = client.query_range(selector, end - 60, end, 5)
     points = min((len(s.points) for s in series), default=0)
     if len(series) != len(nodes) or points < 2:
         raise SystemExit(f"query_range gave {len(series)} series with at least {points} points")

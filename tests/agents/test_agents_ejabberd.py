@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import slixmpp
-from conftest import FakeSystemctl, Xmpp
+from agenttools import FakeSystemctl, Xmpp
 from edgelab import messages
 from edgelab.cluster_agent import ClusterAgent
 from edgelab.config import ClusterConfig, NodeConfig, PolicyConfig

@@ -4,7 +4,7 @@ import asyncio
 import random
 
 import pytest
-from conftest import FakeSystemctl
+from agenttools import FakeSystemctl
 from edgelab.node_agent import ScaleError, Scaler
 from edgelab.telemetry import NodeCollector, NodeInstruments, Telemetry, parse_app_metrics
 from edgelab.xmpp import BoundedQueue, backoff_delay
