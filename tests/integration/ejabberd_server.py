@@ -132,7 +132,9 @@ def ejabberd():
          "-keyout", str(etc / "server.key"), "-out", str(etc / "server.crt"), "-days", "2",
          "-subj", "/CN=" + DOMAIN, "-addext", "subjectAltName=DNS:" + DOMAIN],
         check=True, capture_output=True)
-    server = Ejabberd(dir=base, node="edgelab-it-%d@localhost" % os.getpid(),
+    # A node name of its own per start: ejabberdctl refuses to start a name that a
+    # server stopped moments ago (tests/agents' own) may still hold in epmd.
+    server = Ejabberd(dir=base, node="edgelab-it-%d-%s@localhost" % (os.getpid(), os.urandom(3).hex()),
                       api_port=free_port(), c2s_port=free_port())
     (etc / "ejabberd.yml").write_text(CONFIG.format(domain=DOMAIN, dir=base, c2s_port=server.c2s_port,
                                                    api_port=server.api_port))
