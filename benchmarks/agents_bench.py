@@ -13,7 +13,8 @@ In one run:
   (c) the real `edgelab-node-agent` entry point (default online model, fake
       systemctl) at the same interval over the same window: RSS and CPU, next to
       an idle `python3` process's RSS measured in the same run;
-  (d) for that node agent: telemetry sample taken -> decision made and -> scale
+  (d) for that node agent (its target alternates 1, 2, 1, ... so every sample is
+      acted on: AlternateForReal): telemetry sample taken -> decision made and -> scale
       applied (result received), p50;
   (b) then `ejabberdctl restart`: seconds until every agent is logged in again and
       the cluster agent has had a message from every node.
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 import ejabberd_server  # noqa: E402
 from edgelab import messages  # noqa: E402
 from edgelab.cluster_agent import ClusterAgent  # noqa: E402
+from edgelab.cluster_agent.policy import Decision, Policy, PolicyState  # noqa: E402
 from edgelab.config import ClusterConfig, PolicyConfig  # noqa: E402
 from edgelab.xmpp import AgentLink  # noqa: E402
 
@@ -59,6 +61,32 @@ case "$cmd" in
     exit $rc ;;
 esac
 """
+
+
+class AlternateForReal:
+    """The bench's policy: the real one for the simulated nodes; for the real node agent
+    a target that alternates 1, 2, 1, ... on every prediction, so that each of its
+    telemetry samples goes the whole way (prediction -> decision -> command -> systemctl
+    -> result) and (d) has a figure per interval. Everything measured stays real."""
+
+    def __init__(self, base: Policy) -> None:
+        self.base = base
+        self.name = base.name
+        self.real_states: set[int] = set()
+
+    def initial(self, reported_instances: int) -> PolicyState:
+        return self.base.initial(reported_instances)
+
+    def real_initial(self) -> PolicyState:
+        state = PolicyState(current=1)
+        self.real_states.add(id(state))
+        return state
+
+    def decide(self, state: PolicyState, prediction: float) -> Decision:
+        if id(state) not in self.real_states:
+            return self.base.decide(state, prediction)
+        state.current = 3 - state.current
+        return Decision("scale_up" if state.current == 2 else "scale_down", state.current, state.current)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -182,6 +210,28 @@ async def bench(args: argparse.Namespace, server: ejabberd_server.Ejabberd, work
                         policy=PolicyConfig(per_instance=0.05, min_instances=1, max_instances=8, down_after=1))
     cfg.password = cluster[1]
     agent = ClusterAgent(cfg, serve_metrics=False)
+    policy = AlternateForReal(agent.policy)
+    agent.policy = policy
+    agent.nodes[real_node[0]].policy = policy.real_initial()
+    decisions_seen = [0]
+    real_decisions: list[dict[str, Any]] = []
+    real_outcomes: list[dict[str, Any]] = []
+    inner_decide, inner_actuate = agent.decide, agent._actuate
+
+    def decide(node: Any, pred: Any, received: float) -> dict[str, Any]:
+        record = inner_decide(node, pred, received)
+        decisions_seen[0] += 1
+        if node.name == real_node[0]:
+            real_decisions.append(record)
+        return record
+
+    async def actuate(node: Any, target: int, received: float, record: dict[str, Any]) -> None:
+        await inner_actuate(node, target, received, record)
+        if node.name == real_node[0] and agent.outcomes:
+            real_outcomes.append(agent.outcomes[-1])
+
+    agent.decide = decide  # type: ignore[method-assign]
+    agent._actuate = actuate  # type: ignore[method-assign]
     heartbeats: dict[str, list[float]] = {n: [] for n in cfg.nodes}
     inner = agent.on_message
 
@@ -228,7 +278,8 @@ async def bench(args: argparse.Namespace, server: ejabberd_server.Ejabberd, work
     rss_samples: list[int] = []
 
     # Steady window.
-    n_dec0 = len(agent.decisions)
+    n_dec0 = decisions_seen[0]
+    n_real0 = len(real_decisions), len(real_outcomes)
     lat0 = len(agent.latencies)
     transitions0 = sum(s.transitions for s in agent.nodes.values())
     w0 = time.monotonic()
@@ -248,7 +299,7 @@ async def bench(args: argparse.Namespace, server: ejabberd_server.Ejabberd, work
     n_nodes = len(accounts) + 1
     results: dict[str, Any] = {
         "nodes": len(accounts), "seconds": args.seconds, "interval": args.interval,
-        "decisions_recorded": len(agent.decisions) - n_dec0, "actuations": len(latencies),
+        "decisions_recorded": decisions_seen[0] - n_dec0, "actuations": len(latencies),
         "missed_heartbeats": missed, "expected_heartbeats": expected * n_nodes,
         "inactive_transitions": transitions,
         "decision_latency_p50_s": pct(latencies, 50), "decision_latency_p99_s": pct(latencies, 99),
@@ -266,12 +317,13 @@ async def bench(args: argparse.Namespace, server: ejabberd_server.Ejabberd, work
     print(f"(c) edgelab-node-agent (online model) over {w1 - w0:.0f}s: RSS max {rss_max / 2**20:.1f} MiB "
           f"(idle python3: {idle_rss / 2**20:.1f} MiB), CPU {cpu_pct:.2f}% of a core; {load()}", flush=True)
 
-    real_dec = [d for d in agent.decisions if d["worker"] == real_node[0]]
+    real_dec = real_decisions[n_real0[0]:]
     to_decision = [d["ts"] - d["sample_ts"] for d in real_dec]
     seq_sample = {d["seq"]: d["sample_ts"] for d in real_dec}
-    to_applied = [o["ts"] - seq_sample[o["seq"]] for o in agent.outcomes
-                  if o["worker"] == real_node[0] and o["seq"] in seq_sample and o["ok"]]
+    to_applied = [o["ts"] - seq_sample[o["seq"]] for o in real_outcomes[n_real0[1]:]
+                  if o["seq"] in seq_sample and o["ok"]]
     results.update({"sample_to_decision_p50_s": pct(to_decision, 50), "sample_to_applied_p50_s": pct(to_applied, 50),
+                    "sample_to_applied_max_s": max(to_applied, default=None),
                     "sample_to_applied_n": len(to_applied), "load_d": os.getloadavg()})
     print(f"(d) node-real: telemetry sample -> decision p50 {ms(results['sample_to_decision_p50_s'])} "
           f"({len(to_decision)} decisions), -> scale applied p50 {ms(results['sample_to_applied_p50_s'])} "

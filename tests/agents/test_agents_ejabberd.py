@@ -221,6 +221,36 @@ def test_heartbeat_loss_and_return(xmpp: Xmpp, systemctl: FakeSystemctl) -> None
     run(scenario)
 
 
+def test_presence_subscriptions_settle(xmpp: Xmpp) -> None:
+    """The mutual subscription between a cluster agent and its node agents ends after a
+    handful of presence stanzas. (A subscribe/unsubscribed ping-pong between slixmpp's
+    own auto-reply and ours once sent ~50 presences/s per node for as long as the agents
+    ran, kept ejabberd at a full core with 200 nodes and delayed commands by seconds.)"""
+    pair = Pair(xmpp, "pres", nodes=2)
+
+    async def scenario() -> None:
+        cluster = ClusterAgent(pair.cluster_cfg(), serve_metrics=False)
+        nodes = [NodeAgent(pair.node_cfg(i), model=constant(0.2), serve_metrics=False) for i in range(2)]
+        ctask = await start(cluster)
+        ntasks = [await start(node) for node in nodes]
+        try:
+            await until(lambda: all(f"{n}@{xmpp.domain}" in cluster.link.available for n in pair.node_names), 10,
+                        "both nodes' presence at the cluster agent")
+            await asyncio.sleep(1.0)
+            settled = [cluster.link.presence_in, *(n.link.presence_in for n in nodes)]
+            await asyncio.sleep(3.0)
+            after = [cluster.link.presence_in, *(n.link.presence_in for n in nodes)]
+            assert after == settled, f"presence still flowing: {settled} -> {after}"
+            assert cluster.link.presence_in <= 12, cluster.link.presence_in
+            assert all(f"{pair.cluster_name}@{xmpp.domain}" in n.link.available for n in nodes)
+        finally:
+            for node, ntask in zip(nodes, ntasks, strict=True):
+                await stop(node, ntask)
+            await stop(cluster, ctask)
+
+    run(scenario)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

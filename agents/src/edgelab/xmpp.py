@@ -101,6 +101,8 @@ class AgentLink:
         self.dropped_invalid = 0
         self.dropped_foreign = 0
         self.available: set[str] = set()
+        self.presence_in = 0
+        self._asked: set[str] = set()
         self._lost = asyncio.Event()
         self._failed = asyncio.Event()
         self._stopping = False
@@ -110,13 +112,18 @@ class AgentLink:
         client.enable_direct_tls = False
         client.enable_starttls = True
         client.enable_plaintext = False
-        client.roster.auto_authorize = False
+        # Subscriptions are decided in _presence_subscribe alone. With auto_authorize
+        # False slixmpp itself answers every request with "unsubscribed", which
+        # _presence_subscribe then re-requested: an endless subscribe/unsubscribed
+        # ping-pong per peer that kept ejabberd busy (tests/agents: presence settles).
+        client.roster.auto_authorize = None
         client.roster.auto_subscribe = False
         client.add_event_handler("session_start", self._session_start)
         client.add_event_handler("disconnected", self._disconnected)
         for event in ("connection_failed", "failed_all_auth", "ssl_invalid_chain", "ssl_invalid_cert"):
             client.add_event_handler(event, self._make_failure(event))
         client.add_event_handler("message", self._message)
+        client.add_event_handler("presence", self._presence)
         client.add_event_handler("presence_subscribe", self._presence_subscribe)
         client.add_event_handler("presence_available", self._presence_available)
         client.add_event_handler("presence_unavailable", self._presence_unavailable)
@@ -176,6 +183,7 @@ class AgentLink:
 
     def _session_start(self, _event: Any) -> None:
         self.sessions += 1
+        self._asked = set(self.subscribe_to)
         self.client.send_presence()
         for peer in self.subscribe_to:
             self.client.send_presence(pto=peer, ptype="subscribe")
@@ -188,11 +196,16 @@ class AgentLink:
         self.available.clear()
         self._lost.set()
 
+    def _presence(self, _pres: Any) -> None:
+        self.presence_in += 1  # every presence stanza received (a bounded number per session)
+
     def _presence_subscribe(self, pres: Any) -> None:
         peer = pres["from"].bare.lower()
         if peer in self.peers:
             self.client.send_presence(pto=peer, ptype="subscribed")
-            self.client.send_presence(pto=peer, ptype="subscribe")
+            if peer not in self._asked:  # ask back once per session, never in a loop
+                self._asked.add(peer)
+                self.client.send_presence(pto=peer, ptype="subscribe")
         else:
             log.warning("xmpp %s: refused presence subscription from %s", self.jid, peer)
             self.client.send_presence(pto=peer, ptype="unsubscribed")
