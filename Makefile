@@ -13,7 +13,7 @@ LAB_ARGS ?=
 PLAYBOOKS := $(wildcard playbooks/*.yml)
 SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: lab lab-down site lint syntax unit molecule test clean
+.PHONY: lab lab-down site lint syntax sanity unit molecule test clean
 
 # The controller's virtualenv with the pinned requirements.
 $(VENV): requirements.txt
@@ -36,12 +36,17 @@ lab-down: $(VENV)
 	ansible-playbook playbooks/lab.yml -e lab_state=absent $(LAB_ARGS)
 
 ## lint: yamllint, ansible-lint (production profile), syntax of every playbook,
-## ruff and mypy on the Python (agents package, modules, tests, benchmarks)
-lint: $(VENV) syntax
+## ruff and mypy on the Python (agents package, modules, tests, benchmarks),
+## ansible-test sanity on the modules in library/
+lint: $(VENV) syntax sanity
 	yamllint --strict .
 	ansible-lint --profile production
 	ruff check .
 	mypy --config-file agents/pyproject.toml agents/src
+
+## sanity: ansible-test sanity (all its tests) on library/ laid out as a collection
+sanity: $(VENV)
+	@start=$$(date +%s); tests/sanity.sh; echo "sanity: $$(( $$(date +%s) - start ))s"
 
 syntax: $(VENV)
 	@for p in $(PLAYBOOKS); do \

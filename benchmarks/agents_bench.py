@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import multiprocessing
@@ -41,14 +40,14 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests"))  # the shared test helpers: tests/support
 
-import ejabberd_server  # noqa: E402
 from edgelab import messages  # noqa: E402
-from edgelab.cluster_agent import ClusterAgent  # noqa: E402
+from edgelab.cluster_agent.agent import ClusterAgent  # noqa: E402
 from edgelab.cluster_agent.policy import Decision, Policy, PolicyState  # noqa: E402
 from edgelab.config import ClusterConfig, PolicyConfig  # noqa: E402
 from edgelab.xmpp import AgentLink  # noqa: E402
+from support import ejabberd_server  # noqa: E402
 
 FAKE_SYSTEMCTL = """#!/bin/sh
 state={state}
@@ -397,8 +396,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; {load()}", flush=True)
-    start = contextlib.contextmanager(ejabberd_server.ejabberd.__wrapped__)
-    with start() as server, tempfile.TemporaryDirectory(prefix="edgelab-agents-bench-") as tmp:
+    with ejabberd_server.running_ejabberd() as server, \
+            tempfile.TemporaryDirectory(prefix="edgelab-agents-bench-") as tmp:
         results = asyncio.run(bench(args, server, Path(tmp)))
     print("RESULT " + json.dumps(results), flush=True)
     return 0

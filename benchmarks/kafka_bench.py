@@ -49,9 +49,12 @@ from pathlib import Path
 
 from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import Producer as CKProducer
-from edgelab.kafka import FrameProducer, GroupConsumer, KafkaSettings, tansu_binary
+from edgelab.kafka import FrameProducer, GroupConsumer, KafkaSettings
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared test helpers: tests/support
+from support.tansu import tansu_binary
 
 PARTITIONS = 4
 KEYS = [b"source-%d" % i for i in range(16)]

@@ -28,7 +28,7 @@ description:
     C(true) in ejabberd.yml (the role does) or the passwords end up in ejabberd's log.
 version_added: "1.0.0"
 author:
-  - edgelab contributors
+  - edgelab maintainers (!UNKNOWN)
 options:
   host:
     description:
@@ -39,6 +39,10 @@ options:
     description:
       - Local part of one account (C(node-nuc1) for C(node-nuc1@HOST)). A full JID is accepted if
         its domain is O(host). Names are lower-cased, as ejabberd does.
+      - A name is at most 1023 bytes in UTF-8 (the XMPP local part limit of RFC 7622, which ejabberd
+        enforces) and has none of the characters C(") C(&) C(') C(/) C(:) C(<) C(>) C(@), no
+        whitespace and no control characters; any other name fails the task before any request,
+        naming the entry.
       - Mutually exclusive with O(users) and O(users_file).
     type: str
     aliases: [user]
@@ -62,9 +66,11 @@ options:
   users_file:
     description:
       - Path, on the host the module runs on, of a users file in the seed format, one
-        C(agentid,password) per line. Blank lines and lines starting with C(#) are skipped;
+        C(agentid,password) per line, in UTF-8. Blank lines and lines starting with C(#) are skipped;
         whitespace around the name and the password is removed; the password is everything
         after the first comma.
+      - A line that is not UTF-8, has no comma, or has an empty name fails the task before any
+        request, naming the file and the line number.
     type: path
   state:
     description:
@@ -83,7 +89,8 @@ options:
     default: always
   api_url:
     description:
-      - Base URL of ejabberd's C(mod_http_api) handler. Keep it on the loopback address.
+      - Base URL of ejabberd's C(mod_http_api) handler, C(http://) or C(https://), a host, an optional
+        port and a path; no credentials, query or fragment. Keep it on the loopback address.
     type: str
     default: http://127.0.0.1:5281/api
   api_user:
@@ -99,7 +106,7 @@ options:
     required: true
   api_timeout:
     description:
-      - Seconds to wait for each HTTP request.
+      - Seconds to wait for each HTTP request (connection, then answer); 1 or more.
     type: int
     default: 30
   api_workers:
@@ -113,12 +120,16 @@ options:
     description:
       - CA bundle that verifies the server certificate when O(api_url) is C(https://). The
         system's trust store is used when it is not given. Verification cannot be turned off.
+      - A file that does not exist or holds no usable certificate fails the task before any request,
+        naming the file. Giving it with an C(http://) O(api_url) fails too.
     type: path
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Read requests (C(registered_users), C(check_password)) are made; writes are not.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: >-
       The diff names the accounts that are (or would be) created, removed, or given a new
@@ -204,6 +215,7 @@ import http.client
 import json
 import ssl
 import threading
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlsplit
 
@@ -212,6 +224,39 @@ from ansible.module_utils.common.text.converters import to_native
 
 # Characters XMPP forbids in a local part (RFC 7622), plus whitespace.
 _FORBIDDEN_LOCAL = set("\"&'/:<>@") | set(" \t\r\n")
+# RFC 7622 section 3.3: a local part is at most 1023 octets (UTF-8); ejabberd refuses longer ones.
+MAX_LOCAL_BYTES = 1023
+
+
+def check_api_url(url):
+    """Raise ValueError with one line when `url` is not a usable http(s)://host[:port]/path URL."""
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:  # checked first: the other messages show the URL
+        raise ValueError("api_url must not carry credentials (user@ or user:password@): give them as api_user "
+                         "and api_password")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"api_url {url!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"api_url must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"api_url {url!r} has no host: give one, as in http://127.0.0.1:5281/api")
+    if parts.query or parts.fragment:
+        raise ValueError(f"api_url {url!r} has a query or fragment: give only scheme, host, port and path")
+    if port == 0:
+        raise ValueError(f"api_url {url!r} has port 0")
+
+
+def ssl_context(ca_path):
+    """A verifying client context; ValueError naming the file when `ca_path` cannot be used."""
+    try:
+        return ssl.create_default_context(cafile=ca_path)
+    except FileNotFoundError as exc:
+        raise ValueError(f"api_ca_path {ca_path} does not exist") from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"api_ca_path {ca_path} cannot be used as a CA bundle: {to_native(exc)}") from exc
 
 
 class ApiUnreachableError(Exception):
@@ -236,22 +281,21 @@ class HttpTransport:
     """Minimal keep-alive HTTP(S) client: POST a JSON body, return (status, decoded JSON body)."""
 
     def __init__(self, url, timeout, ca_path=None):
+        check_api_url(url)
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"api_url must start with http:// or https://, got {url!r}")
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")
         self.timeout = timeout
-        self.ca_path = ca_path
+        self.context = ssl_context(ca_path) if parts.scheme == "https" else None
         self.conn = None
         self.used = False
 
     def _connect(self):
-        if self.scheme == "https":
-            context = ssl.create_default_context(cafile=self.ca_path)
-            self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
+        if self.context is not None:
+            self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                    context=self.context)
         else:
             self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         self.used = False
@@ -354,6 +398,17 @@ def _message(body):
     return to_native(body)
 
 
+def _shown(name):
+    """`name` for a message: quoted, and cut when it is long."""
+    return repr(name) if len(name) <= 64 else repr(name[:32]) + "... (%d characters)" % len(name)
+
+
+def check_host(host):
+    """Raise ValueError when `host` cannot be an XMPP domain."""
+    if not host or host != host.strip() or any(c in host for c in " \t\r\n/@"):
+        raise ValueError(f"host {host!r} is not an XMPP domain (a name like xmpp.example.org)")
+
+
 def normalize_name(name, host):
     """Return the lower-cased local part of `name` (a local part or a JID in `host`)."""
     if name is None:
@@ -363,26 +418,38 @@ def normalize_name(name, host):
         local, _sep, domain = name.partition("@")
         domain = domain.split("/", 1)[0]
         if domain.lower() != host.lower():
-            raise ValueError(f"user {name!r} is not in the XMPP domain {host!r}")
+            raise ValueError(f"user {_shown(name)} is not in the XMPP domain {host!r}")
         name = local
     if not name:
-        raise ValueError("an empty user name")
-    if any(c in _FORBIDDEN_LOCAL for c in name):
-        raise ValueError(f"user name {name!r} contains a character XMPP forbids in a local part")
-    return name.lower()
+        raise ValueError("the user name is empty")
+    if any(c in _FORBIDDEN_LOCAL or unicodedata.category(c) == "Cc" for c in name):
+        raise ValueError(f"user name {_shown(name)} contains a character XMPP forbids in a local part")
+    name = name.lower()
+    size = len(name.encode("utf-8"))
+    if size > MAX_LOCAL_BYTES:
+        raise ValueError("user name %s is %d bytes long (UTF-8): XMPP allows at most %d in a local part" % (
+            _shown(name), size, MAX_LOCAL_BYTES))
+    return name
 
 
-def parse_users_file(text):
-    """Parse the seed's `agentid,password` format into [{'name', 'password'}]."""
+def parse_users_file(data, path):
+    """Parse the seed's `agentid,password` format (bytes, UTF-8) into [{'name', 'password', 'where'}]."""
     users = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as some editors write
+        data = data[3:]
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise ValueError("users_file %s line %d is not UTF-8 text (byte 0x%02x at column %d)" % (
+                path, number, raw[exc.start], exc.start + 1)) from exc
         if not line or line.startswith("#"):
             continue
         name, sep, password = line.partition(",")
         if not sep:
-            raise ValueError("users file line %d has no comma (expected agentid,password)" % number)
-        users.append({"name": name.strip(), "password": password.strip()})
+            raise ValueError("users_file %s line %d has no comma (expected agentid,password)" % (path, number))
+        users.append({"name": name.strip(), "password": password.strip(),
+                      "where": "users_file %s line %d" % (path, number)})
     return users
 
 
@@ -390,25 +457,31 @@ def collect_users(params):
     """Return an ordered dict name -> password (or None) from name/users/users_file."""
     host = params["host"]
     if params["name"] is not None:
-        entries = [{"name": params["name"], "password": params["password"]}]
+        entries = [{"name": params["name"], "password": params["password"], "where": "name"}]
     elif params["users"] is not None:
-        entries = params["users"]
+        entries = [dict(entry, where="users[%d]" % index) for index, entry in enumerate(params["users"])]
     else:
         path = params["users_file"]
         try:
-            with open(path, encoding="utf-8") as handle:
-                entries = parse_users_file(handle.read())
+            with open(path, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             raise ValueError(f"cannot read users_file {path}: {to_native(exc)}") from exc
+        entries = parse_users_file(data, path)
     wanted = {}
     for entry in entries:
-        name = normalize_name(entry.get("name"), host)
+        try:
+            name = normalize_name(entry.get("name"), host)
+        except ValueError as exc:
+            raise ValueError("{}: {}".format(entry["where"], exc)) from exc
         password = entry.get("password")
         if params["state"] == "present":
             if password is None or password == "":
-                raise ValueError(f"user {name!r} has no password (required with state=present)")
+                raise ValueError("{}: user {!r} has no password (required with state=present)".format(
+                    entry["where"], name))
             if name in wanted and wanted[name] != password:
-                raise ValueError(f"user {name!r} is listed twice with different passwords")
+                raise ValueError("{}: user {!r} is listed twice with different passwords".format(
+                    entry["where"], name))
         wanted[name] = password
     return wanted
 
@@ -549,7 +622,7 @@ def build_module():
             ),
             users_file=dict(type="path"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
-            update_password=dict(type="str", default="always", choices=["always", "on_create"]),
+            update_password=dict(type="str", default="always", choices=["always", "on_create"], no_log=False),
             api_url=dict(type="str", default="http://127.0.0.1:5281/api"),
             api_user=dict(type="str", required=True),
             api_password=dict(type="str", required=True, no_log=True),
@@ -571,13 +644,19 @@ def main(transport_factory=HttpTransport):
         api_user = "{}@{}".format(api_user, params["host"])
     url = params["api_url"]
     if params["api_workers"] < 1:
-        module.fail_json(msg="api_workers must be at least 1")
+        module.fail_json(msg="api_workers must be at least 1 (got %d)" % params["api_workers"])
+    if params["api_timeout"] < 1:
+        module.fail_json(msg="api_timeout must be 1 second or more (got %d)" % params["api_timeout"])
+    if params["api_ca_path"] is not None and not url.startswith("https://"):
+        module.fail_json(msg="api_ca_path is given but api_url %r is not https://: use https:// or drop "
+                             "api_ca_path" % url)
 
     def api_factory():
         transport = transport_factory(url, params["api_timeout"], params["api_ca_path"])
         return EjabberdApi(transport, api_user, params["api_password"])
 
     try:
+        check_host(params["host"])
         wanted = collect_users(params)
         apis = [api_factory()]
     except ValueError as exc:

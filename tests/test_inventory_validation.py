@@ -30,10 +30,10 @@ def write_inventory(tmp_path: Path, text: str) -> str:
     return str(inv)
 
 
-def run_site(playbook, inventory: str):
+def run_site(playbook, inventory: str, *extra: str):
     # site.yml, not just validate.yml: the point is that nothing after the
     # validation play starts (no fact gathering on the unreachable hosts).
-    return playbook("-i", inventory, "playbooks/site.yml", timeout=300)
+    return playbook("-i", inventory, "playbooks/site.yml", *extra, timeout=300)
 
 
 def test_good_inventory_passes_validation(tmp_path, playbook):
@@ -91,3 +91,38 @@ def test_credentials_are_never_read_as_inventory(tmp_path):
     ).stdout
     assert "n1" in out
     assert "s3cretPassw0rdValue" not in out
+
+
+# Settings given on the command line: `-e key=value` gives strings.
+@pytest.mark.parametrize(
+    "extra",
+    ["base_firewall_ssh_port=2222", '{"base_swap_disable": false}', '{"edgelab_service_groups": ["monitoring"]}'],
+    ids=["int-as-text", "bool-as-json", "list-as-json"],
+)
+def test_settings_given_with_e_pass_validation(tmp_path, playbook, extra):
+    run = playbook("-i", write_inventory(tmp_path, GOOD), "playbooks/validate.yml", "-e", extra)
+    assert run.rc == 0, run.output[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("base_swap_disable=false", "base_swap_disable (role base) must be true or false, not text (got \"false\")"),
+        ("ejabberd_federation=no", "ejabberd_federation (role ejabberd) must be true or false, not text (got \"no\")"),
+        ("edgelab_service_groups=monitoring",
+         "edgelab_service_groups must be a list of group or role names (got \"monitoring\")"),
+    ],
+    ids=["bool-as-text", "another-bool-as-text", "list-as-text"],
+)
+def test_settings_given_with_e_as_text_fail_in_the_validation_play(tmp_path, playbook, extra, expected):
+    run = run_site(playbook, write_inventory(tmp_path, GOOD), "-e", extra)
+    assert run.rc != 0
+    assert expected in run.output, run.output[-3000:]
+    assert "Gathering Facts" not in run.output, "the run went past the validation play"
+
+
+def test_a_yes_no_setting_quoted_in_the_inventory_fails_too(tmp_path, playbook):
+    text = GOOD.replace("all:\n", "all:\n  vars:\n    base_swap_disable: 'false'\n", 1)
+    run = run_site(playbook, write_inventory(tmp_path, text))
+    assert run.rc != 0
+    assert "base_swap_disable (role base) must be true or false, not text" in run.output

@@ -6,18 +6,25 @@ tasks and templates and parsed as Grafana would read them. Prometheus's
 files are rendered the same way from a small inventory whose group_vars add
 scrape jobs the way later roles do, so the generated scrape set is checked
 without a lab (the molecule scenario "monitoring" checks it on lab hosts,
-with promtool).
+with promtool). Both inventories read the project's
+group_vars/all/monitoring.yml, where Prometheus's port, TLS switch and URL are
+set once. The TLS variant runs role prometheus's web config tasks for real
+(certificate from role pki, promtool check web-config, --diff output).
 """
 
 from __future__ import annotations
 
 import configparser
 import json
+import shutil
 import stat
+import subprocess
 
 import pytest
 import yaml
-from labtools import BIN, REPO, ansible_playbook
+from support.labtools import BIN, REPO, ansible_playbook
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 INVENTORY = """
 all:
@@ -132,14 +139,20 @@ PLAYBOOK = """
 """
 
 
+def inventory(tmp):
+    inv = tmp / "inventory"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (tmp / "out").mkdir()
+    (inv / "hosts.yml").write_text(INVENTORY.format(python=BIN / "python", tmp=tmp))
+    (inv / "group_vars" / "all" / "jobs.yml").write_text(GROUP_VARS_ALL)
+    (inv / "group_vars" / "all" / "monitoring.yml").symlink_to(REPO / "group_vars" / "all" / "monitoring.yml")
+    return inv
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monitoring")
-    inv = tmp / "inventory"
-    (inv / "group_vars").mkdir(parents=True)
-    (tmp / "out").mkdir()
-    (inv / "hosts.yml").write_text(INVENTORY.format(python=BIN / "python", tmp=tmp))
-    (inv / "group_vars" / "all.yml").write_text(GROUP_VARS_ALL)
+    inv = inventory(tmp)
     play = tmp / "render.yml"
     play.write_text(PLAYBOOK.format(tmp=tmp, repo=REPO))
     first = ansible_playbook("-i", str(inv), str(play), timeout=300)
@@ -207,7 +220,9 @@ def test_prometheus_flags(rendered):
     assert "--storage.tsdb.retention.size=1000MB" in args
     assert "--storage.tsdb.path=/srv/data/prometheus" in args
     assert "--web.config.file=/etc/prometheus/web.yml" in args
-    assert "--web.enable-admin-api" in args
+    assert "--web.listen-address=:9090" in args
+    assert "# The web endpoint serves http." in text
+    assert "--web.enable-admin-api" not in args  # the admin API only when asked for
     password = (rendered["creds"] / "prometheus_web_password").read_text().strip()
     assert password not in text
     dropin = configparser.ConfigParser(strict=False)
@@ -289,3 +304,136 @@ def test_dashboards_name_the_provisioned_datasource():
         for var in dash["templating"]["list"]:
             if var["type"] == "query":
                 assert var["datasource"]["uid"] == "edgelab-prometheus", (path.name, var["name"])
+
+
+TLS_PLAYBOOK = """
+- name: Prometheus's web endpoint with TLS from the edgelab CA, and its clients
+  hosts: monitoring
+  gather_facts: false
+  vars:
+    out: {tmp}/out
+  tasks:
+    - name: Prometheus credentials
+      ansible.builtin.include_role:
+        name: prometheus
+        tasks_from: credentials
+        public: true
+
+    - name: Prometheus's web config tasks (certificate, password file, web.yml checked by promtool)
+      ansible.builtin.include_role:
+        name: prometheus
+        tasks_from: web_config
+        public: true
+
+    - name: Prometheus scrape jobs
+      ansible.builtin.include_role:
+        name: prometheus
+        tasks_from: scrape_jobs
+        public: true
+
+    - name: Storage facts the templates use
+      ansible.builtin.set_fact:
+        prometheus_data_path: /srv/data/prometheus
+        prometheus_retention_size_effective: 1000MB
+
+    - name: Render Prometheus's other files
+      ansible.builtin.template:
+        src: "{repo}/roles/prometheus/templates/{{{{ item }}}}.j2"
+        dest: "{{{{ out }}}}/{{{{ item }}}}"
+        mode: "0600"
+      loop: [prometheus.yml, prometheus.default]
+
+    - name: Grafana credentials
+      ansible.builtin.include_role:
+        name: grafana
+        tasks_from: credentials
+        public: true
+
+    - name: Render Grafana's files
+      ansible.builtin.template:
+        src: "{repo}/roles/grafana/templates/{{{{ item }}}}.j2"
+        dest: "{{{{ out }}}}/{{{{ item }}}}"
+        mode: "0600"
+      loop: [grafana.ini, datasource.yaml]
+"""
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monitoring-tls")
+    inv = inventory(tmp)
+    etc = tmp / "etc"
+    etc.mkdir()
+    play = tmp / "render.yml"
+    play.write_text(TLS_PLAYBOOK.format(tmp=tmp, repo=REPO))
+    # The project's switch and port (group_vars/all/monitoring.yml) given in
+    # the inventory's place; Prometheus's files go to a directory of the test.
+    extra = tmp / "extra.json"
+    extra.write_text(json.dumps({
+        "edgelab_prometheus_tls": True, "edgelab_prometheus_port": 9443, "prometheus_web_enable_admin_api": True,
+        "grafana_tls_pki": True, "prometheus_config_dir": str(etc), "prometheus_group": "root"}))
+    args = ("-i", str(inv), str(play), "-e", "@" + str(extra), "--diff")
+    first = ansible_playbook(*args, timeout=300)
+    assert first.rc == 0, first.output[-4000:]
+    second = ansible_playbook(*args, timeout=300)
+    assert second.rc == 0, second.output[-4000:]
+    return {"dir": tmp / "out", "etc": etc, "creds": tmp / "credentials", "first": first, "second": second}
+
+
+def test_tls_web_config_uses_the_certificate_from_the_edgelab_ca(tls):
+    web = yaml.safe_load((tls["etc"] / "web.yml").read_text())
+    assert web["tls_server_config"] == {"cert_file": str(tls["etc"] / "tls/prometheus.crt"),
+                                        "key_file": str(tls["etc"] / "tls/prometheus.key"), "min_version": "TLS12"}
+    check = subprocess.run([PROMTOOL, "check", "web-config", str(tls["etc"] / "web.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # The certificate is the CA's and names the host (inventory name and address).
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tls["creds"] / "ca/ca.crt"),
+                             str(tls["etc"] / "tls/prometheus.crt")], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    names = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
+                            str(tls["etc"] / "tls/prometheus.crt")], capture_output=True, text=True, timeout=60).stdout
+    assert "DNS:mon1" in names and "IP Address:192.0.2.11" in names
+    assert (tls["etc"] / "tls/edgelab-ca.crt").read_bytes() == (tls["creds"] / "ca/ca.crt").read_bytes()
+
+
+def test_the_bcrypt_hash_stays_out_of_the_diff(tls):
+    hashed = yaml.safe_load((tls["etc"] / "web.yml").read_text())["basic_auth_users"]["edgelab"]
+    assert hashed.startswith("$2b$10$")
+    for run in (tls["first"], tls["second"]):
+        assert hashed not in run.output and "$2b$" not in run.output
+    # The first run created web.yml (a diff would have shown all of it); the
+    # second changes nothing.
+    assert "Write the web config" in tls["first"].output
+    assert tls["second"].recap()["mon1"]["changed"] == 0
+
+
+def test_tls_clients_follow_the_one_port_and_switch(tls):
+    config = yaml.safe_load((tls["dir"] / "prometheus.yml").read_text())
+    prom = next(j for j in config["scrape_configs"] if j["job_name"] == "prometheus")
+    assert prom["scheme"] == "https"
+    assert prom["tls_config"] == {"ca_file": str(tls["etc"] / "tls/edgelab-ca.crt")}
+    assert [c["targets"] for c in prom["static_configs"]] == [["192.0.2.11:9443"]]
+    check = subprocess.run([PROMTOOL, "check", "config", "--syntax-only", str(tls["dir"] / "prometheus.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = (tls["dir"] / "prometheus.default").read_text()
+    args = text.split("ARGS='", 1)[1].rsplit("'", 1)[0].split(" ")
+    assert "--web.listen-address=:9443" in args and "--web.enable-admin-api" in args
+    # TLS is chosen when Prometheus starts: the flags file changes with it (and restarts Prometheus).
+    assert "# The web endpoint serves https." in text
+    ds = yaml.safe_load((tls["dir"] / "datasource.yaml").read_text())["datasources"][0]
+    assert ds["url"] == "https://192.0.2.11:9443"
+    assert ds["jsonData"]["tlsAuthWithCACert"] is True
+    assert ds["secureJsonData"]["tlsCACert"].strip() == (tls["creds"] / "ca/ca.crt").read_text().strip()
+
+
+def test_grafana_serves_https_with_its_certificate(tls):
+    ini = configparser.ConfigParser(interpolation=None, strict=True)
+    ini.read_string((tls["dir"] / "grafana.ini").read_text())
+    server = ini["server"]
+    assert server["protocol"] == "https"
+    assert server["cert_file"] == "/etc/grafana/tls/grafana.crt"
+    assert server["cert_key"] == "/etc/grafana/tls/grafana.key"
+    assert server["root_url"] == "https://192.0.2.11:3000/"
+    assert server["min_tls_version"] == "TLS1.2"

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import slixmpp
-from agenttools import FakeSystemctl, Xmpp
 from edgelab import messages
-from edgelab.cluster_agent import ClusterAgent
+from edgelab.cluster_agent.agent import ClusterAgent
 from edgelab.config import ClusterConfig, NodeConfig, PolicyConfig
 from edgelab.models import LinearModel
 from edgelab.node_agent import NodeAgent
 from edgelab.xmpp import tls_context
 from prometheus_client import generate_latest
+from support.agenttools import FakeSystemctl, Xmpp
 
 FAST = 0.3  # interval and heartbeat interval of the agents in these tests
 
@@ -142,7 +142,8 @@ def test_prediction_and_scale_command_round_trip(xmpp: Xmpp, systemctl: FakeSyst
     run(scenario)
 
 
-def test_refused_unit_and_foreign_and_malformed_messages(xmpp: Xmpp, systemctl: FakeSystemctl) -> None:
+def test_refused_unit_and_foreign_and_malformed_messages(xmpp: Xmpp, systemctl: FakeSystemctl,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     pair = Pair(xmpp, "guard", systemctl=systemctl)
     stranger_pw = xmpp.register("stranger-guard")
 
@@ -168,10 +169,21 @@ def test_refused_unit_and_foreign_and_malformed_messages(xmpp: Xmpp, systemctl: 
             await until(lambda: node.link.dropped_foreign >= 1 and cluster.link.dropped_foreign >= 1, 10,
                         "foreign messages dropped")
             assert all(d["worker"] != "stranger-guard" for d in cluster.decisions)
+            # A stranger's presence is not tracked, and a flood of its messages logs one warning.
+            stranger.send_presence(pto=node.jid)
+            for i in range(20):
+                stranger.send_message(mto=node.jid, mbody=f"flood {i}", mtype="chat")
+            await until(lambda: node.link.dropped_foreign >= 21, 10, "the flood dropped")
+            assert node.link.available <= {pair.cluster_name + "@" + xmpp.domain}
+            foreign = [r for r in caplog.records if r.getMessage().startswith(f"xmpp {node.jid}/agent: dropped "
+                                                                            "message from unknown sender")]
+            assert len(foreign) == 1, [r.getMessage() for r in foreign]
             # Malformed bodies from the real cluster agent's account: logged, dropped, agent alive.
-            for body in ("{not json", json.dumps({"schema": "edgelab.agent/9", "type": "command"}), "x" * 5000):
+            bodies = ("{not json", json.dumps({"schema": "edgelab.agent/9", "type": "command"}), "x" * 5000,
+                      json.dumps({"schema": "edgelab.agent/1", "type": ["command"]}), "[" * 2000 + "]" * 2000)
+            for body in bodies:
                 cluster.link.client.send_message(mto=node.jid, mbody=body, mtype="chat")
-            await until(lambda: node.link.dropped_invalid >= 3, 10, "malformed messages dropped")
+            await until(lambda: node.link.dropped_invalid >= len(bodies), 10, "malformed messages dropped")
             # A command for another unit is refused, with a result saying so.
             out = await cluster.actuator.apply(pair.node_names[0], "ssh.service", 1)
             assert not out.ok and "not this agent's scale_unit" in out.error
@@ -223,9 +235,8 @@ def test_heartbeat_loss_and_return(xmpp: Xmpp, systemctl: FakeSystemctl) -> None
 
 def test_presence_subscriptions_settle(xmpp: Xmpp) -> None:
     """The mutual subscription between a cluster agent and its node agents ends after a
-    handful of presence stanzas. (A subscribe/unsubscribed ping-pong between slixmpp's
-    own auto-reply and ours once sent ~50 presences/s per node for as long as the agents
-    ran, kept ejabberd at a full core with 200 nodes and delayed commands by seconds.)"""
+    handful of presence stanzas: no subscribe/unsubscribed exchange that keeps going
+    (one would cost ejabberd ~50 presences/s per node for as long as the agents run)."""
     pair = Pair(xmpp, "pres", nodes=2)
 
     async def scenario() -> None:

@@ -52,6 +52,12 @@ def mutate(**changes: object) -> str:
     (mutate(schema="edgelab.agent/2"), "unknown schema"),
     (mutate(schema=KeyError), "unknown schema"),
     (mutate(type="bogus"), "unknown type"),
+    (mutate(type=["prediction"]), "unknown type"),
+    (mutate(type={"a": 1}), "unknown type"),
+    (mutate(type=None), "unknown type"),
+    ("[" * 2000 + "]" * 2000, "nested too deeply"),
+    ('{"schema": "edgelab.agent/1", "type": "prediction", "agent": ' + "[" * 1990 + "]" * 1990 + "}",
+     "nested too deeply"),
     (mutate(extra=1), "unknown field 'extra'"),
     (mutate(value=KeyError), "missing field 'value'"),
     (mutate(value="0.5"), "field value: expected a number"),
@@ -92,3 +98,13 @@ def test_encode_refuses_oversized_and_nan() -> None:
 def test_sequencer_counts() -> None:
     seq = m.Sequencer("a")
     assert [seq.stamp()["seq"] for _ in range(3)] == [1, 2, 3]
+
+
+def test_invalid_messages_raise_only_decode_error() -> None:
+    """Whatever the body, decode raises DecodeError (what the agents count as invalid), never another error."""
+    bodies = ["{" * 3000, "[" * 1500 + "{}" + "]" * 1500, '{"a":' * 600 + "1" + "}" * 600,
+              '{"schema": "edgelab.agent/1", "type": 5}', '{"schema": "edgelab.agent/1", "type": [[]]}',
+              '{"schema": "edgelab.agent/1", "type": true}', b"\xff\xfe", '"\ud800"', "", "null"]
+    for body in bodies:
+        with pytest.raises(m.DecodeError):
+            m.decode(body)

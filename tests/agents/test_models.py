@@ -152,9 +152,22 @@ def test_sklearn_joblib_model_equals_sklearn_predict(tmp_path: Path) -> None:
 
 
 def test_default_models_do_not_import_sklearn(tmp_path: Path) -> None:
-    code = ("import sys; from edgelab.models import load_model; import edgelab.node_agent, edgelab.cluster_agent; "
+    code = ("import sys; from edgelab.models import load_model; "
+            "import edgelab.node_agent, edgelab.cluster_agent.agent; "
             f"m = load_model({write_json(tmp_path)!r}, 'cpu_utilisation', 12); "
             "o = load_model('online', 'cpu_utilisation', 12); o.update({'cpu_utilisation': 0.5}); "
             "print('sklearn' in sys.modules, 'kafka' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_joblib_model_without_scikit_learn_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import joblib
+    from sklearn.linear_model import Ridge
+
+    path = tmp_path / "ridge.joblib"
+    joblib.dump(Ridge().fit([[0.0], [1.0]], [0.0, 1.0]), path)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now fails as if not installed
+    with pytest.raises(ModelError) as info:
+        load_model("file:" + str(path), "cpu_utilisation", 1)
+    assert str(info.value) == f"{path}: .joblib models need scikit-learn: pip install 'edgelab-agents[sklearn]'"

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 
 import pytest
-from agenttools import FakeSystemctl
-from edgelab.node_agent import ScaleError, Scaler
+from edgelab import messages
+from edgelab.config import ConfigError, NodeConfig
+from edgelab.models import LinearModel
+from edgelab.node_agent import NodeAgent, ScaleError, Scaler
 from edgelab.telemetry import NodeCollector, NodeInstruments, Telemetry, parse_app_metrics
-from edgelab.xmpp import BoundedQueue, backoff_delay
+from edgelab.xmpp import BoundedQueue, RateLimitedLog, backoff_delay
 from prometheus_client import generate_latest
+from support.agenttools import FakeSystemctl
 
 
 def test_scaler_starts_and_stops_instances(systemctl: FakeSystemctl) -> None:
@@ -44,6 +49,66 @@ def test_scaler_reports_systemctl_failure(tmp_path: object) -> None:
             await scaler.scale("edgelab-consumer@", 1)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("systemctl", "error"), [("sudo 'systemctl", "No closing quotation"),
+                                                  ("   ", "scale_systemctl is empty")])
+def test_scaler_refuses_a_systemctl_it_cannot_split(systemctl: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        Scaler("edgelab-consumer@", 2, systemctl)
+
+
+def node_agent(systemctl: FakeSystemctl, ca_file: str, **kw: object) -> NodeAgent:
+    cfg = NodeConfig(node_name="node-a", cluster_name="cluster-a", xmpp_domain="edgelab.test", ca_file=ca_file,
+                     scale_systemctl=str(systemctl.path), scale_max_instances=4, **kw)  # type: ignore[arg-type]
+    cfg.password = "unused"
+    model = LinearModel("c.json", {"format": "edgelab.linear/1", "features": ["cpu_utilisation"], "window": 1,
+                                   "coef": [0.0], "intercept": 0.5})
+    return NodeAgent(cfg, model=model, serve_metrics=False)
+
+
+def command(age: float, instances: int = 2) -> messages.Command:
+    return messages.Command(agent="cluster-a", ts=time.time() - age, seq=1, id=f"c-{age}", action="scale",
+                            unit="edgelab-consumer@", instances=instances)
+
+
+def test_stale_scale_commands_are_refused_and_answered(systemctl: FakeSystemctl, ca_file: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        agent = node_agent(systemctl, ca_file, command_max_age=10.0)
+        try:
+            for age in (30.0, -30.0, 3600.0):  # late (offline storage, reconnect queue), or from the future
+                await agent.handle_command(command(age))
+            assert systemctl.calls() == [] and agent.commands_stale == 3 and agent.commands_done == 0
+            results = [messages.decode(body) for _, body in agent.link.queue.items]
+            assert all(isinstance(r, messages.Result) and not r.ok and r.error.startswith("stale command: sent")
+                       for r in results) and len(results) == 3
+            await agent.handle_command(command(1.0, instances=2))  # within command_max_age: applied
+            assert systemctl.active() == ["edgelab-consumer@1.service", "edgelab-consumer@2.service"]
+            last = messages.decode(agent.link.queue.items[-1][1])
+            assert isinstance(last, messages.Result) and last.ok and last.instances == 2
+            text = generate_latest(agent.telemetry.registry).decode()
+            assert 'edgelab_agent_commands_refused_total{agent="node-a",reason="stale"} 3.0' in text
+        finally:
+            agent.telemetry.shutdown()
+
+    with caplog.at_level(logging.WARNING, logger="edgelab.node_agent"):
+        asyncio.run(scenario())
+    refused = [r for r in caplog.records if "refused: stale command" in r.getMessage()]
+    assert len(refused) == 1  # three refusals, one warning (rate-limited)
+
+
+def test_rate_limited_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    warn = RateLimitedLog(logging.getLogger("edgelab.test"), interval=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="edgelab.test"):
+        assert warn.warning("dropped %s", "a")
+        for _ in range(5):
+            now[0] += 10.0
+            assert not warn.warning("dropped %s", "b")
+        now[0] += 10.0
+        assert warn.warning("dropped %s", "c")
+    assert [r.getMessage() for r in caplog.records] == ["dropped a", "dropped c (5 more since the last)"]
 
 
 def test_collector_values_are_in_range() -> None:
@@ -99,8 +164,24 @@ def test_backoff_is_capped_with_jitter() -> None:
     assert len({round(backoff_delay(10, rng=rng), 6) for _ in range(20)}) > 10  # jittered
 
 
-def test_bounded_queue_drops_oldest() -> None:
-    q = BoundedQueue(3)
-    for i in range(5):
-        q.put(("to", str(i)))
+def test_bounded_queue_drops_oldest_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    q = BoundedQueue(3, name="xmpp node-a")
+    with caplog.at_level(logging.WARNING, logger="edgelab.xmpp"):
+        for i in range(5):
+            q.put(("to", str(i)))
     assert [b for _, b in q.items] == ["2", "3", "4"] and q.dropped == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "xmpp node-a: outgoing queue full (3): dropped the oldest message, 1 dropped so far"]
+
+
+def test_xmpp_drops_are_exported_as_metrics(systemctl: FakeSystemctl, ca_file: str) -> None:
+    agent = node_agent(systemctl, ca_file)
+    try:
+        for i in range(agent.link.queue.maxlen + 4):
+            agent.link.queue.put(("cluster-a@edgelab.test", str(i)))
+        agent.link.dropped_foreign, agent.link.dropped_invalid = 2, 7
+        text = generate_latest(agent.telemetry.registry).decode()
+    finally:
+        agent.telemetry.shutdown()
+    for reason, value in (("queue_full", 4), ("foreign_sender", 2), ("invalid_message", 7)):
+        assert f'edgelab_agent_xmpp_dropped_total{{agent="node-a",reason="{reason}"}} {value}.0' in text

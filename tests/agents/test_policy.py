@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from edgelab.cluster_agent.policy import TargetInstances, make_policy
+from edgelab.cluster_agent.policy import Decision, TargetInstances, make_policy
 from edgelab.config import ConfigError, PolicyConfig
 
 
@@ -54,3 +54,11 @@ def test_registry() -> None:
     assert make_policy(PolicyConfig()).name == "target_instances"
     with pytest.raises(ConfigError, match=r"unknown policy\.name 'nope'"):
         make_policy(PolicyConfig(name="nope"))
+
+
+@pytest.mark.parametrize("huge", [1e308, 1.7976931348623157e308, 1e300])
+def test_huge_predictions_ask_for_max_instances(huge: float) -> None:
+    p = policy(per_instance=0.25, min_instances=1, max_instances=8)
+    assert p.desired(huge) == 8
+    state = p.initial(2)
+    assert p.decide(state, huge) == Decision("scale_up", 8, 8)

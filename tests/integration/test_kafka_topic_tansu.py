@@ -4,11 +4,13 @@ loopback port for this module's tests and stopped afterwards.
 
 The module runs twice over: in-process (its main() with real kafka-python), and
 through ansible-playbook on localhost, as the role runs it (check mode, diff,
-idempotence). Skips with the reason when no Tansu binary is available.
+idempotence). The tests that need the broker skip with the reason when no Tansu binary
+is available; the others (unreachable brokers, silent listeners on loopback) always run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,20 +18,19 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
-
-kafka = pytest.importorskip("kafka", reason="kafka-python is not installed in this Python")
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
-from kafka.admin import ConfigResource, KafkaAdminClient  # noqa: E402
+from ansible.module_utils.testing import patch_module_args
+from kafka.admin import ConfigResource, KafkaAdminClient
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kafka_topic", ROOT / "library" / "kafka_topic.py")
 kafka_topic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kafka_topic)
-from edgelab.kafka import tansu_binary  # noqa: E402
+from support.tansu import tansu_binary  # noqa: E402
 
 
 def free_port() -> int:
@@ -170,3 +171,57 @@ def test_through_ansible_playbook_check_diff_and_idempotence(broker, tmp_path):
     assert rc == 0 and "changed=0" in out, out
     rc, out = play("--check", "--diff")
     assert rc == 0 and "changed=0" in out, out
+
+
+@contextlib.contextmanager
+def silent_listener():
+    """A loopback TCP listener that accepts every connection and never sends a byte
+    (a TLS handshake to it never completes); yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL", "PLAINTEXT"])
+def test_a_listener_that_never_answers_fails_within_the_timeout(tmp_path, protocol):
+    # Run as Ansible runs a module (its own process, arguments in a file): the process must
+    # print its failure and exit, whatever kafka-python's threads are still waiting for.
+    timeout = 2
+    with silent_listener() as port:
+        args = {"name": "t", "partitions": 1, "bootstrap_servers": ["127.0.0.1:%d" % port], "timeout": timeout,
+                "security_protocol": protocol}
+        if protocol.startswith("SASL"):
+            args.update(sasl_username="admin", sasl_password="it-password")
+        args_file = tmp_path / "args.json"
+        args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, str(ROOT / "library" / "kafka_topic.py"), str(args_file)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        elapsed = time.monotonic() - started
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 1 and result["failed"] is True, proc.stdout + proc.stderr
+    assert result["msg"].startswith("Cannot reach the Kafka brokers at 127.0.0.1:%d within 2s" % port), result["msg"]
+    assert "Traceback" not in proc.stderr
+    print(f"\n{protocol}: silent listener, timeout {timeout}s: failed after {elapsed:.2f}s")
+    assert elapsed < timeout * 3 + 5

@@ -1,11 +1,14 @@
 """library/xmpp_user.py against a real ejabberd (Debian's 23.01 package) on loopback.
 
 The module runs as Ansible runs it: a separate Python process whose arguments come
-in a file, never on its command line.
+in a file, never on its command line. The tests that take the `ejabberd` fixture skip
+with its reason when ejabberd cannot run here; the bad-input tests at the end need no
+server and always run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,12 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "library" / "xmpp_user.py"
-sys.path.insert(0, str(ROOT / "library"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import xmpp_user  # noqa: E402  (the module's own client, to check state independently)
-from ejabberd_server import ejabberd  # noqa: E402,F401  (the real-server fixture)
+_spec = importlib.util.spec_from_file_location("xmpp_user", MODULE)
+xmpp_user = importlib.util.module_from_spec(_spec)  # the module's own client, to check state independently
+_spec.loader.exec_module(xmpp_user)
+from support.ejabberd_server import ejabberd  # noqa: E402,F401  (the real-server fixture)
 
 
 def run_module(tmp_path, args, check_mode=False, diff=False):
@@ -130,6 +135,22 @@ def test_no_password_on_any_command_line(ejabberd, tmp_path):
     run_module(tmp_path, base(ejabberd, users=[{"name": u["name"]} for u in users], state="absent"))
 
 
+def test_the_local_part_limit_is_ejabberds(ejabberd, tmp_path):
+    # The module's limit (1023 bytes, RFC 7622) is the server's: the longest name it lets
+    # through is registered, and ejabberd itself refuses one byte more.
+    longest = "l" * 1023
+    result, _ = run_module(tmp_path, base(ejabberd, name=longest, password="pw-long"))
+    assert result["created"] == [f"{longest}@{ejabberd.domain}"], result
+    result, proc = run_module(tmp_path, base(ejabberd, name=longest + "l", password="pw-long"))
+    assert proc.returncode == 1 and "XMPP allows at most 1023" in result["msg"]
+    client = api(ejabberd)
+    with pytest.raises(xmpp_user.ApiError):
+        client.register(longest + "l", ejabberd.domain, "pw-long")
+    assert longest + "l" not in client.registered_users(ejabberd.domain)
+    client.unregister(longest, ejabberd.domain)
+    client.transport.close()
+
+
 def test_server_not_running_is_not_user_absent(ejabberd, tmp_path):
     # Last: stops the server.
     run_module(tmp_path, base(ejabberd, name="kept", password="pw"))
@@ -139,3 +160,43 @@ def test_server_not_running_is_not_user_absent(ejabberd, tmp_path):
     assert "not reachable" in result["msg"]
     result, _ = run_module(tmp_path, base(ejabberd, name="kept", password="pw"), check_mode=True)
     assert result["failed"] and result["reason"] == "unreachable"
+
+
+# Bad input, as Ansible runs the module (its own process): one JSON line with the reason,
+# exit status 1, no traceback, no request. These need no server.
+
+def _run_bad(tmp_path, **extra):
+    args = {"host": "edgelab.test", "api_user": "admin@edgelab.test", "api_password": "it-admin-password",
+            "api_url": "http://127.0.0.1:9/api", "name": "node-a", "password": "node-a-password"}
+    args.update(extra)
+    result, proc = run_module(tmp_path, {k: v for k, v in args.items() if v is not None})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert result["failed"] is True and "exception" not in result
+    return result["msg"]
+
+
+def test_bad_api_url_and_timeout(tmp_path):
+    assert _run_bad(tmp_path, api_url="http:///api").startswith("api_url 'http:///api' has no host")
+    assert _run_bad(tmp_path, api_timeout=-1) == "api_timeout must be 1 second or more (got -1)"
+
+
+def test_https_with_a_missing_ca_file_names_it(tmp_path):
+    missing = tmp_path / "no-such-ca.pem"
+    msg = _run_bad(tmp_path, api_url="https://127.0.0.1:9/api", api_ca_path=str(missing))
+    assert msg == f"api_ca_path {missing} does not exist"
+
+
+def test_users_file_not_utf8_and_empty_name_name_file_and_line(tmp_path):
+    users_file = tmp_path / "users.txt"
+    users_file.write_bytes(b"agent1,secret-1\n\xe9t\xe9,secret-2\n")
+    msg = _run_bad(tmp_path, name=None, password=None, users_file=str(users_file))
+    assert msg == f"users_file {users_file} line 2 is not UTF-8 text (byte 0xe9 at column 1)"
+    users_file.write_text("agent1,secret-1\n\n,secret-3\n")
+    msg = _run_bad(tmp_path, name=None, password=None, users_file=str(users_file))
+    assert msg == f"users_file {users_file} line 3: the user name is empty"
+
+
+def test_an_over_long_name_is_refused(tmp_path):
+    msg = _run_bad(tmp_path, name="n" * 2000)
+    assert msg.endswith("is 2000 bytes long (UTF-8): XMPP allows at most 1023 in a local part")

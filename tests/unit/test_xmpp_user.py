@@ -418,3 +418,92 @@ def test_api_workers_must_be_positive(fake, capsys):
     result, _ = run_module(base_args(fake, name="a", password="secret-pw", api_workers=0), capsys)
     assert result["failed"] is True and "api_workers" in result["msg"]
     assert fake.requests == []
+
+
+# Bad input: one line that names the problem (file, line, entry), before any request.
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({"api_url": "http:///api"}, "api_url 'http:///api' has no host: give one, as in http://127.0.0.1:5281/api"),
+    ({"api_url": "http://127.0.0.1:x/api"}, "api_url 'http://127.0.0.1:x/api' is not a valid URL"),
+    ({"api_url": "ftp://127.0.0.1/api"}, "api_url must start with http:// or https://, got 'ftp://127.0.0.1/api'"),
+    ({"api_url": "http://admin:pw@127.0.0.1:5281/api"}, "api_url must not carry credentials"),
+    ({"api_timeout": -1}, "api_timeout must be 1 second or more (got -1)"),
+    ({"api_timeout": 0}, "api_timeout must be 1 second or more (got 0)"),
+    ({"api_url": "https://127.0.0.1:5281/api", "api_ca_path": "/nonexistent/edgelab-ca.pem"},
+     "api_ca_path /nonexistent/edgelab-ca.pem does not exist"),
+    ({"api_ca_path": "/etc/hostname"}, "api_ca_path is given but api_url"),
+    ({"host": "bad domain"}, "host 'bad domain' is not an XMPP domain"),
+    ({"name": "  "}, "name: the user name is empty"),
+    ({"name": "x" * 1024}, "is 1024 bytes long (UTF-8): XMPP allows at most 1023 in a local part"),
+    ({"name": "\u00e9" * 512}, "is 1024 bytes long (UTF-8): XMPP allows at most 1023 in a local part"),
+    ({"name": "a\x00b"}, "contains a character XMPP forbids in a local part"),
+])
+def test_bad_input_is_one_clear_line_before_any_request(fake, capsys, extra, expected):
+    args = base_args(fake, name="node-a", password="node-a-secret")
+    args.update(extra)
+    result, _ = run_module(args, capsys)
+    assert result["failed"] is True
+    assert expected in result["msg"], result["msg"]
+    assert "\n" not in result["msg"] and "exception" not in result
+    assert fake.requests == []
+
+
+def test_a_ca_file_that_is_not_pem_is_named(fake, capsys, tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    result, _ = run_module(base_args(fake, api_url="https://127.0.0.1:1/api", api_ca_path=str(bad), name="a",
+                                     password="a-secret"), capsys)
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"api_ca_path {bad} cannot be used as a CA bundle")
+
+
+def test_a_users_file_that_is_not_utf8_names_file_and_line(fake, capsys, tmp_path):
+    users_file = tmp_path / "users.txt"
+    users_file.write_bytes(b"agent1,secret-1\nagent\xff2,secret-2\n")
+    result, _ = run_module(base_args(fake, users_file=str(users_file)), capsys)
+    assert result["failed"] is True
+    assert result["msg"] == f"users_file {users_file} line 2 is not UTF-8 text (byte 0xff at column 6)"
+    assert fake.requests == []
+
+
+def test_a_users_file_line_with_an_empty_name_gives_the_line(fake, capsys, tmp_path):
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("# agents\nagent1,secret-1\n  ,secret-2\n")
+    result, _ = run_module(base_args(fake, users_file=str(users_file)), capsys)
+    assert result["msg"] == f"users_file {users_file} line 3: the user name is empty"
+    assert fake.requests == []
+    users_file.write_text("agent1,secret-1\nagent2,\n")
+    result, _ = run_module(base_args(fake, users_file=str(users_file)), capsys)
+    assert result["msg"] == (f"users_file {users_file} line 2: user 'agent2' has no password "
+                             "(required with state=present)")
+
+
+def test_a_users_list_entry_with_an_empty_name_gives_its_index(fake, capsys):
+    users = [{"name": "a", "password": "secret-1"}, {"name": "", "password": "secret-2"}]
+    result, _ = run_module(base_args(fake, users=users), capsys)
+    assert result["msg"] == "users[1]: the user name is empty"
+    assert fake.requests == []
+
+
+def test_the_longest_local_part_is_accepted(fake, capsys, tmp_path):
+    longest = "x" * 1023
+    users_file = tmp_path / "users.txt"
+    users_file.write_bytes(b"\xef\xbb\xbf" + f"{longest},secret-1\n".encode())  # with a byte order mark
+    result, _ = run_module(base_args(fake, users_file=str(users_file)), capsys)
+    assert calls(fake)[1] == ("POST", "/api/register", {"host": HOST, "user": longest, "password": "secret-1"})
+    assert result["created"] == [f"{longest}@{HOST}"]
+
+
+def test_credentials_in_api_url_are_refused_and_not_in_the_message(fake, capsys):
+    for url in ("ftp://admin:url-secret-1@127.0.0.1/api", "http://admin:url-secret-1@127.0.0.1:x/api"):
+        result, _ = run_module(base_args(fake, api_url=url, name="node-a", password="node-a-secret"), capsys)
+        assert result["msg"].startswith("api_url must not carry credentials")
+        assert "url-secret-1" not in result["msg"]
+    assert fake.requests == []
+
+
+def test_update_password_is_not_taken_for_a_secret(fake, capsys):
+    # Its name contains "password": without an explicit no_log=False Ansible warns on every run.
+    result, _ = run_module(base_args(fake, name="node-a", password="node-a-secret"), capsys)
+    assert result["changed"] is True
+    assert "warnings" not in result

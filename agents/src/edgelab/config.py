@@ -1,17 +1,25 @@
 """Agent settings: a YAML file (rendered by role agents) with the seed's environment
 variables applied over it, checked into typed dataclasses.
 
-Any problem (unreadable file, unknown key, wrong type, missing required value) raises
-ConfigError with one line that names the key; the entry points print it on stderr and
-exit with code 2. The password comes from `password_file` (or NODE_PASSWORD /
-CLUSTER_PASSWORD) and is never part of a repr or a log line.
+Any problem (unreadable file, unknown key, wrong type, missing required value, a name
+that is not a valid XMPP account or domain, a missing CA file) raises ConfigError
+with one line that names the key or the file; the entry points (edgelab.cli) print it
+on stderr and exit with code 2. The password comes from `password_file` (or
+NODE_PASSWORD / CLUSTER_PASSWORD, removed from the process environment once read)
+and is never part of a repr or a log line; Kafka's SASL password comes from
+kafka.sasl_password_file only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import math
 import os
+import re
+import shlex
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +36,27 @@ class ConfigError(Exception):
 
 
 @dataclass
-class NodeConfig:
-    node_name: str = ""
-    password_file: str = ""
+class AgentConfig:
+    """What every agent has: its XMPP account and server, its heartbeat, its metrics."""
+
     cluster_name: str = ""
+    password_file: str = ""
     xmpp_domain: str = ""
     xmpp_host: str = ""
     xmpp_port: int = 5222
     ca_file: str = ""
-    interval: float = 5.0
     heartbeat_interval: float = 5.0
     metrics_address: str = "0.0.0.0"
-    metrics_port: int = 9464
+    metrics_port: int = 0
     telemetry_endpoint: str = ""
+    password: str = field(default="", repr=False, metadata={"internal": True})
+
+
+@dataclass
+class NodeConfig(AgentConfig):
+    node_name: str = ""
+    metrics_port: int = 9464
+    interval: float = 5.0
     local_otel_endpoint: str = ""
     app_process: str = ""
     model_source: str = "online"
@@ -49,7 +65,9 @@ class NodeConfig:
     scale_unit: str = "edgelab-consumer@"
     scale_max_instances: int = 8
     scale_systemctl: str = "systemctl"
-    password: str = field(default="", repr=False, metadata={"internal": True})
+    # A scale command older than this (seconds, by its sender's clock) is refused: the
+    # cluster agent's actuator gave up on it after actuator.timeout (the same default).
+    command_max_age: float = 10.0
 
 
 @dataclass
@@ -71,30 +89,33 @@ class ActuatorConfig:
     timeout: float = 10.0
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclass
 class KafkaConfig:
     bootstrap_servers: str = ""
     topic: str = "edgelab.agent.events"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    sasl_password: str = field(default="", repr=False, metadata={"internal": True})
+
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 
 
 @dataclass
-class ClusterConfig:
-    cluster_name: str = ""
-    password_file: str = ""
-    xmpp_domain: str = ""
-    xmpp_host: str = ""
-    xmpp_port: int = 5222
-    ca_file: str = ""
+class ClusterConfig(AgentConfig):
     nodes: list[str] = field(default_factory=list)
-    heartbeat_interval: float = 5.0
     missed_beats: int = 3
-    metrics_address: str = "0.0.0.0"
     metrics_port: int = 9465
-    telemetry_endpoint: str = ""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
-    password: str = field(default="", repr=False, metadata={"internal": True})
 
 
 T = TypeVar("T")
@@ -178,17 +199,33 @@ def _apply_env(cfg: Any, mapping: Mapping[str, str], env: Mapping[str, str]) -> 
             setattr(cfg, attr, value)
 
 
-def _read_password(cfg: NodeConfig | ClusterConfig, env_var: str) -> None:
+def _forget_password_env(var: str, env: Mapping[str, str]) -> None:
+    """Remove the password variable from this process's environment once read, so that
+    no child process (systemctl, a model loader) inherits it. os.environ.pop also
+    unsets it in the C environ; /proc/PID/environ keeps the start-up copy, readable
+    by the same user and root only."""
+    if env is os.environ and var in os.environ:
+        os.environ.pop(var, None)
+        os.unsetenv(var)
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"cannot read {key} {path}: {reason}") from None
+    if not secret:
+        raise ConfigError(f"{key} {path} is empty")
+    return secret
+
+
+def _read_password(cfg: AgentConfig, env_var: str) -> None:
     if cfg.password:
         return
     if not cfg.password_file:
         raise ConfigError(f"no password: set password_file or {env_var}")
-    try:
-        cfg.password = Path(cfg.password_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read password_file {cfg.password_file}: {exc.strerror or exc}") from None
-    if not cfg.password:
-        raise ConfigError(f"password_file {cfg.password_file} is empty")
+    cfg.password = _read_secret(cfg.password_file, "password_file")
 
 
 def _require(cfg: Any, names: list[str], env: Mapping[str, str]) -> None:
@@ -209,39 +246,125 @@ def _check_port(where: str, value: int) -> None:
         raise ConfigError(f"{where} must be a port number (0-65535), got {value}")
 
 
-def load_node_config(path: str = NODE_CONFIG, env: Mapping[str, str] | None = None) -> NodeConfig:
-    env = os.environ if env is None else env
-    cfg = _build(NodeConfig, _read_yaml(path))
-    _apply_env(cfg, NODE_ENV, env)
-    _require(cfg, ["node_name", "cluster_name", "xmpp_domain", "ca_file"], NODE_ENV)
-    _read_password(cfg, "NODE_PASSWORD")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+# RFC 7622 localparts exclude these characters; whitespace and control characters
+# are excluded too (the server would refuse or rewrite them).
+_LOCALPART_FORBIDDEN = set("\"&'/:<>@")
+LOCALPART_MAX = 256
+
+
+def check_hostname(where: str, value: str) -> None:
+    """A DNS name or an IP address (an XMPP domain, a server host)."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(value)
+        return
+    if not _HOSTNAME.fullmatch(value):
+        raise ConfigError(f"{where} must be a DNS name or an IP address, got {value[:80]!r}")
+
+
+def check_localpart(where: str, value: str) -> None:
+    """An XMPP account name (the part before @ of a JID)."""
+    bad = sorted({c for c in value if c in _LOCALPART_FORBIDDEN or c.isspace() or not c.isprintable()})
+    if bad or not 1 <= len(value) <= LOCALPART_MAX:
+        why = f"contains {''.join(bad)!r}" if bad else f"must be 1-{LOCALPART_MAX} characters"
+        raise ConfigError(f"{where} {value[:80]!r} is not an XMPP account name: {why}")
+
+
+def _check_ca_file(path: str) -> None:
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(f"ca_file {path} does not exist") from None
+    except ssl.SSLError:  # an OSError too: before OSError
+        raise ConfigError(f"ca_file {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read ca_file {path}: {exc.strerror or exc}") from None
+
+
+def _check_agent(cfg: AgentConfig, env_map: Mapping[str, str], password_var: str, env: Mapping[str, str]) -> None:
+    """The checks both agents share (names, server, CA, password, heartbeat, ports)."""
+    _apply_env(cfg, env_map, env)
+    _forget_password_env(password_var, env)
+    _require(cfg, ["cluster_name", "xmpp_domain", "ca_file"], env_map)
+    check_localpart("cluster_name", cfg.cluster_name)
+    check_hostname("xmpp_domain", cfg.xmpp_domain)
     cfg.xmpp_host = cfg.xmpp_host or cfg.xmpp_domain
-    _positive("interval", cfg.interval)
+    check_hostname("xmpp_host", cfg.xmpp_host)
+    _check_ca_file(cfg.ca_file)
+    _read_password(cfg, password_var)
     _positive("heartbeat_interval", cfg.heartbeat_interval)
     _check_port("xmpp_port", cfg.xmpp_port)
     _check_port("metrics_port", cfg.metrics_port)
+
+
+def load_node_config(path: str = NODE_CONFIG, env: Mapping[str, str] | None = None) -> NodeConfig:
+    env = os.environ if env is None else env
+    cfg = _build(NodeConfig, _read_yaml(path))
+    _check_agent(cfg, NODE_ENV, "NODE_PASSWORD", env)
+    _require(cfg, ["node_name"], NODE_ENV)
+    check_localpart("node_name", cfg.node_name)
+    _positive("interval", cfg.interval)
+    _positive("command_max_age", cfg.command_max_age)
     if cfg.model_window < 1:
         raise ConfigError(f"model_window must be >= 1, got {cfg.model_window}")
     if not 1 <= cfg.scale_max_instances <= 64:
         raise ConfigError(f"scale_max_instances must be 1..64, got {cfg.scale_max_instances}")
-    if not cfg.scale_unit.endswith("@") or "/" in cfg.scale_unit or len(cfg.scale_unit) < 2:
+    if not re.fullmatch(r"[A-Za-z0-9:_.\\-]+@", cfg.scale_unit):
         raise ConfigError(f"scale_unit must be a systemd template prefix ending in '@', got {cfg.scale_unit!r}")
+    try:
+        argv = shlex.split(cfg.scale_systemctl)
+    except ValueError as exc:
+        raise ConfigError(f"scale_systemctl {cfg.scale_systemctl[:80]!r}: {exc}") from None
+    if not argv:
+        raise ConfigError("scale_systemctl is empty")
     src = cfg.model_source
     if not (src == "online" or src.startswith("file:") or src.startswith("mlflow:")):
         raise ConfigError(f"model_source must be online, file:PATH or mlflow:URI, got {src!r}")
     return cfg
 
 
+def _check_kafka(k: KafkaConfig) -> None:
+    for server in k.servers():
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"kafka.bootstrap_servers: {server[:80]!r} is not HOST:PORT")
+    if k.security_protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"kafka.security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                          f"got {k.security_protocol[:40]!r}")
+    if k.sasl_mechanism not in SASL_MECHANISMS:
+        raise ConfigError(f"kafka.sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                          f"got {k.sasl_mechanism[:40]!r}")
+    sasl = k.security_protocol.startswith("SASL_")
+    tls = k.security_protocol.endswith("SSL")
+    if sasl:
+        if not k.sasl_username or not k.sasl_password_file:
+            raise ConfigError(f"kafka.security_protocol {k.security_protocol} needs kafka.sasl_username "
+                              "and kafka.sasl_password_file")
+        if k.bootstrap_servers:
+            k.sasl_password = _read_secret(k.sasl_password_file, "kafka.sasl_password_file")
+    elif k.sasl_username or k.sasl_password_file:
+        raise ConfigError(f"kafka.sasl_username and kafka.sasl_password_file need security_protocol "
+                          f"SASL_PLAINTEXT or SASL_SSL, not {k.security_protocol}")
+    if k.ssl_cafile:
+        if not tls:
+            raise ConfigError(f"kafka.ssl_cafile needs security_protocol SSL or SASL_SSL, not {k.security_protocol}")
+        try:
+            ssl.create_default_context(cafile=k.ssl_cafile)
+        except FileNotFoundError:
+            raise ConfigError(f"kafka.ssl_cafile {k.ssl_cafile} does not exist") from None
+        except ssl.SSLError:
+            raise ConfigError(f"kafka.ssl_cafile {k.ssl_cafile} holds no PEM certificate") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read kafka.ssl_cafile {k.ssl_cafile}: {exc.strerror or exc}") from None
+
+
 def load_cluster_config(path: str = CLUSTER_CONFIG, env: Mapping[str, str] | None = None) -> ClusterConfig:
     env = os.environ if env is None else env
     cfg = _build(ClusterConfig, _read_yaml(path))
-    _apply_env(cfg, CLUSTER_ENV, env)
-    _require(cfg, ["cluster_name", "xmpp_domain", "ca_file"], CLUSTER_ENV)
-    _read_password(cfg, "CLUSTER_PASSWORD")
-    cfg.xmpp_host = cfg.xmpp_host or cfg.xmpp_domain
-    _positive("heartbeat_interval", cfg.heartbeat_interval)
-    _check_port("xmpp_port", cfg.xmpp_port)
-    _check_port("metrics_port", cfg.metrics_port)
+    _check_agent(cfg, CLUSTER_ENV, "CLUSTER_PASSWORD", env)
+    for i, name in enumerate(cfg.nodes):
+        check_localpart(f"nodes[{i}]", name)
     if cfg.missed_beats < 1:
         raise ConfigError(f"missed_beats must be >= 1, got {cfg.missed_beats}")
     p = cfg.policy
@@ -253,4 +376,5 @@ def load_cluster_config(path: str = CLUSTER_CONFIG, env: Mapping[str, str] | Non
     if cfg.actuator.name == "kubernetes" and not cfg.actuator.deployment:
         raise ConfigError("actuator.deployment is required for the kubernetes actuator")
     _positive("actuator.timeout", cfg.actuator.timeout)
+    _check_kafka(cfg.kafka)
     return cfg

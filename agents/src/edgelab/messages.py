@@ -5,8 +5,8 @@
      "model": "online:ridge", "validation_error": 0.04, "sample_ts": 1718000000.4}
 
 decode() accepts exactly the fields of the type (no unknown, none missing, right JSON
-types, finite numbers, bounded size) and raises DecodeError otherwise; agents log and
-drop such messages.
+types, finite numbers, bounded size and nesting) and raises DecodeError, and only
+DecodeError, otherwise; agents count, log and drop such messages.
 """
 
 from __future__ import annotations
@@ -123,11 +123,14 @@ def decode(text: str | bytes) -> Message:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not JSON: {exc}") from None
+    except RecursionError:  # deep nesting fits in MAX_BYTES: "[[[[...]]]]"
+        raise DecodeError("not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise DecodeError("not a JSON object")
     if data.get("schema") != SCHEMA:
         raise DecodeError(f"unknown schema {str(data.get('schema'))[:40]!r}")
-    cls = TYPES.get(data.get("type"))  # type: ignore[arg-type]
+    kind = data.get("type")
+    cls = TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DecodeError(f"unknown type {str(data.get('type'))[:40]!r}")
     expected = {f.name: _kind(f.type) for f in fields(cls)}

@@ -7,8 +7,8 @@ Sources (config key model_source):
   file:PATH.json    linear model, {"format": "edgelab.linear/1", "target", "features",
                     "window", "coef" (window*len(features), oldest sample first),
                     "intercept"}
-  file:PATH.joblib  a scikit-learn regressor (or {"model", "features", "window"}),
-                    sklearn imported only then
+  file:PATH.joblib  a scikit-learn regressor (or {"model", "features", "window"});
+                    needs the optional extra `sklearn`, imported only then
   mlflow:URI        mlflow.pyfunc model (optional extra `mlflow`), imported only then
 
 Until a window is full, the oldest sample is repeated to fill it, so every model
@@ -26,11 +26,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .config import ConfigError
+
 LINEAR_FORMAT = "edgelab.linear/1"
 
 
-class ModelError(Exception):
-    """A model that cannot be loaded or used (reported as a config error at start)."""
+class ModelError(ConfigError):
+    """A model that cannot be loaded or used (a config error at start: exit code 2)."""
 
 
 class Predictor(Protocol):
@@ -105,8 +107,10 @@ class SklearnModel(_Windowed):
     def __init__(self, path: str, target: str, window: int) -> None:
         try:
             import joblib  # type: ignore[import-untyped, unused-ignore]
-        except ImportError as exc:  # pragma: no cover - joblib is a dependency
-            raise ModelError(f"{path}: joblib is not installed") from exc
+            import sklearn  # type: ignore[import-untyped, unused-ignore]  # noqa: F401 - what the pickle needs
+        except ImportError:
+            raise ModelError(f"{path}: .joblib models need scikit-learn: "
+                             "pip install 'edgelab-agents[sklearn]'") from None
         try:
             obj = joblib.load(path)
         except Exception as exc:

@@ -1,7 +1,7 @@
 """edgelab node agent: telemetry -> model -> prediction (XMPP) to the cluster agent,
 heartbeats, and "scale" commands applied to local systemd template units.
 
-    edgelab-node-agent [--config /etc/edgelab/node-agent.yml] [--log-level INFO]
+    edgelab-node-agent [--config /etc/edgelab/node-agent.yml] [--log-level INFO] [-v]
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import messages
+from . import cli, messages
 from .config import NODE_CONFIG, ConfigError, NodeConfig, load_node_config
-from .models import ModelError, Predictor, load_model
+from .models import Predictor, load_model
 from .telemetry import NodeCollector, NodeInstruments, Telemetry
-from .xmpp import AgentLink, install_signal_handlers
+from .xmpp import AgentLink, RateLimitedLog, install_signal_handlers, observe
 
 log = logging.getLogger("edgelab.node_agent")
 
@@ -38,9 +38,14 @@ class Scaler:
     def __init__(self, unit: str, max_instances: int, systemctl: str = "systemctl", timeout: float = 60.0) -> None:
         if not re.fullmatch(r"[A-Za-z0-9:_.\\-]+@", unit):
             raise ConfigError(f"scale_unit {unit!r} is not a systemd template prefix")
+        try:
+            self.systemctl = shlex.split(systemctl)
+        except ValueError as exc:
+            raise ConfigError(f"scale_systemctl {systemctl[:80]!r}: {exc}") from None
+        if not self.systemctl:
+            raise ConfigError("scale_systemctl is empty")
         self.unit = unit
         self.max_instances = max_instances
-        self.systemctl = shlex.split(systemctl)
         self.timeout = timeout
         self.lock = asyncio.Lock()
 
@@ -97,15 +102,20 @@ class NodeAgent:
         self.predictions_sent = 0
         self.heartbeats_sent = 0
         self.commands_done = 0
+        self.commands_stale = 0
+        self._warn_stale = RateLimitedLog(log)
         self.last_prediction: float | None = None
         self.stop_event = asyncio.Event()
         self.telemetry = Telemetry("edgelab-node-agent", cfg.node_name, address=cfg.metrics_address,
                                    port=cfg.metrics_port, otlp_endpoint=cfg.telemetry_endpoint,
                                    otlp_interval=cfg.interval, serve=serve_metrics)
         self.metrics = NodeInstruments(self.telemetry.meter, cfg.node_name)
+        self.m_stale = self.telemetry.meter.create_counter(
+            "edgelab.agent.commands_refused", description="Scale commands refused, by reason (stale)")
         self.link = AgentLink(f"{self.jid}/{RESOURCE}", cfg.password, host=cfg.xmpp_host, port=cfg.xmpp_port,
                               ca_file=cfg.ca_file, peers={self.cluster_jid}, handler=self.on_message,
                               subscribe_to={self.cluster_jid}, on_peer_available=self._cluster_available)
+        observe(self.link, self.telemetry.meter, cfg.node_name)
         self._beat_task: asyncio.Future[None] | None = None
 
     # -- loops -------------------------------------------------------------
@@ -186,7 +196,27 @@ class NodeAgent:
         log.debug("ignored %s message from %s", msg.TYPE, sender)
         return None
 
+    def stale(self, cmd: messages.Command, now: float | None = None) -> str:
+        """Why a command is too old (or from too far in the future) to apply; "" if it is not.
+
+        The cluster agent gives up on a command after actuator.timeout; one that arrives
+        later (held by the server's offline storage or a reconnect queue) must not
+        undo a newer decision."""
+        age = (time.time() if now is None else now) - cmd.ts
+        if abs(age) <= self.cfg.command_max_age:
+            return ""
+        return f"stale command: sent {age:.1f}s ago, command_max_age is {self.cfg.command_max_age}s"
+
     async def handle_command(self, cmd: messages.Command) -> None:
+        reason = self.stale(cmd)
+        if reason:
+            self.commands_stale += 1
+            self.m_stale.add(1, {"agent": self.cfg.node_name, "reason": "stale"})
+            self._warn_stale.warning("command %s scale %s to %d refused: %s", cmd.id[:40], cmd.unit[:80],
+                                     cmd.instances, reason)
+            self.link.send(self.cluster_jid, messages.Result(**self.seq.stamp(), id=cmd.id, ok=False,
+                                                              instances=self.instances, error=reason))
+            return
         ok, error = True, ""
         try:
             self.instances = await self.scaler.scale(cmd.unit, cmd.instances)
@@ -204,39 +234,15 @@ class NodeAgent:
                                                           instances=self.instances, error=error))
 
 
-def parse_args(argv: Sequence[str] | None, default_config: str, prog: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--config", default=default_config, help=f"YAML settings (default {default_config})")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_args(argv)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level != "DEBUG":
-        logging.getLogger("slixmpp").setLevel(logging.ERROR)
-
-
-async def _main(cfg: NodeConfig) -> None:
-    agent = NodeAgent(cfg)
+async def _start(args: argparse.Namespace) -> None:
+    agent = NodeAgent(load_node_config(args.config))
     install_signal_handlers(agent.stop_event)
     await agent.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv, NODE_CONFIG, "edgelab-node-agent")
-    setup_logging(args.log_level)
-    try:
-        cfg = load_node_config(args.config)
-        asyncio.run(_main(cfg))
-    except (ConfigError, ModelError) as exc:
-        print(f"edgelab-node-agent: config error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"edgelab-node-agent: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.run("edgelab-node-agent", _start, argv, default_config=NODE_CONFIG,
+                   description="edgelab node agent: telemetry, predictions and scale commands over XMPP")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ called `node` (Prometheus sets that one from the inventory).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 import urllib.request
@@ -25,6 +26,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
+
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,13 @@ class Telemetry:
         self.server: Any = None
         self.port = port
         if serve:
-            self.server, _thread = start_http_server(port, addr=address, registry=self.registry)
+            try:
+                self.server, _thread = start_http_server(port, addr=address, registry=self.registry)
+            except OSError as exc:
+                self.provider.shutdown(timeout_millis=1000)
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(f"metrics port {port} on {address} is busy (metrics_port)") from None
+                raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from None
             self.port = self.server.server_port
 
     def shutdown(self) -> None:

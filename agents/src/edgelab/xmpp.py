@@ -17,12 +17,14 @@ import logging
 import random
 import signal
 import ssl
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import slixmpp
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from slixmpp.util.sasl import mechanisms
 
 from . import messages
@@ -55,18 +57,50 @@ def backoff_delay(attempt: int, base: float = 0.25, cap: float = 5.0, rng: rando
     return delay * (0.5 + 0.5 * (rng or random).random())
 
 
-class BoundedQueue:
-    """FIFO of outgoing (to, body) items; when full the oldest is dropped and counted."""
+class RateLimitedLog:
+    """At most one line per `interval` seconds for a recurring warning; the lines it
+    held back are counted in the next one ("... (12 more since the last)")."""
 
-    def __init__(self, maxlen: int = 256) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self.suppressed = 0
+        self._last: float | None = None
+
+    def warning(self, fmt: str, *args: object) -> bool:
+        """Log now (True) or count it for later (False)."""
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval:
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            fmt += " (%d more since the last)"
+            args = (*args, self.suppressed)
+        self.logger.warning(fmt, *args)
+        self._last = now
+        self.suppressed = 0
+        return True
+
+
+class BoundedQueue:
+    """FIFO of outgoing (to, body) items; when full the oldest is dropped, counted and
+    logged (rate-limited)."""
+
+    def __init__(self, maxlen: int = 256, name: str = "xmpp") -> None:
         self.items: deque[tuple[str, str]] = deque()
         self.maxlen = maxlen
+        self.name = name
         self.dropped = 0
+        self._warn = RateLimitedLog(log)
 
     def put(self, item: tuple[str, str]) -> None:
         if len(self.items) >= self.maxlen:
             self.items.popleft()
             self.dropped += 1
+            self._warn.warning("%s: outgoing queue full (%d): dropped the oldest message, %d dropped so far",
+                               self.name, self.maxlen, self.dropped)
         self.items.append(item)
 
     def __len__(self) -> int:
@@ -80,7 +114,9 @@ class AgentLink:
     """One agent's XMPP connection.
 
     handler(sender_bare_jid, message) is called for every valid message from a JID in
-    `peers` (all others and every malformed body are logged and dropped).
+    `peers`; all others and every malformed body are counted (dropped_foreign,
+    dropped_invalid; exported by observe()) and dropped, with a warning at most once a
+    minute per kind. Only peers are tracked in `available`.
     """
 
     def __init__(self, jid: str, password: str, *, host: str, port: int, ca_file: str,
@@ -94,7 +130,7 @@ class AgentLink:
         self.subscribe_to = subscribe_to or set()
         self.handler = handler
         self.on_peer_available = on_peer_available
-        self.queue = BoundedQueue(queue_size)
+        self.queue = BoundedQueue(queue_size, name=f"xmpp {jid}")
         self.backoff_cap = backoff_cap
         self.online = asyncio.Event()
         self.sessions = 0
@@ -108,14 +144,17 @@ class AgentLink:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._handler_tasks: set[asyncio.Future[Any]] = set()
+        self._warn_foreign = RateLimitedLog(log)
+        self._warn_invalid = RateLimitedLog(log)
+        self._warn_subscribe = RateLimitedLog(log)
         client = slixmpp.ClientXMPP(jid, password, ssl_context=tls_context(ca_file))
         client.enable_direct_tls = False
         client.enable_starttls = True
         client.enable_plaintext = False
-        # Subscriptions are decided in _presence_subscribe alone. With auto_authorize
-        # False slixmpp itself answers every request with "unsubscribed", which
-        # _presence_subscribe then re-requested: an endless subscribe/unsubscribed
-        # ping-pong per peer that kept ejabberd busy (tests/agents: presence settles).
+        # Subscriptions are decided in _presence_subscribe alone. auto_authorize None
+        # keeps slixmpp from answering requests itself (with False it answers every one
+        # "unsubscribed", which _presence_subscribe would re-request: an endless
+        # subscribe/unsubscribed exchange per peer; tests/agents: presence settles).
         client.roster.auto_authorize = None
         client.roster.auto_subscribe = False
         client.add_event_handler("session_start", self._session_start)
@@ -207,12 +246,14 @@ class AgentLink:
                 self._asked.add(peer)
                 self.client.send_presence(pto=peer, ptype="subscribe")
         else:
-            log.warning("xmpp %s: refused presence subscription from %s", self.jid, peer)
+            self._warn_subscribe.warning("xmpp %s: refused presence subscription from %s", self.jid, peer[:80])
             self.client.send_presence(pto=peer, ptype="unsubscribed")
 
     def _presence_available(self, pres: Any) -> None:
         peer = pres["from"].bare.lower()
-        if peer not in self.available and peer in self.peers and self.on_peer_available is not None:
+        if peer not in self.peers:
+            return
+        if peer not in self.available and self.on_peer_available is not None:
             # A peer (re)appeared: e.g. the cluster agent logged in again after a server
             # restart; the node agent reports at once instead of at its next interval.
             try:
@@ -230,13 +271,15 @@ class AgentLink:
         sender = msg["from"].bare.lower()
         if sender not in self.peers:
             self.dropped_foreign += 1
-            log.warning("xmpp %s: dropped message from unknown sender %s", self.jid, sender[:80])
+            self._warn_foreign.warning("xmpp %s: dropped message from unknown sender %s (%d so far)", self.jid,
+                                       sender[:80], self.dropped_foreign)
             return
         try:
             decoded = messages.decode(msg["body"])
         except messages.DecodeError as exc:
             self.dropped_invalid += 1
-            log.warning("xmpp %s: dropped malformed message from %s: %s", self.jid, sender, exc)
+            self._warn_invalid.warning("xmpp %s: dropped malformed message from %s: %s (%d so far)", self.jid,
+                                       sender, exc, self.dropped_invalid)
             return
         try:
             result = self.handler(sender, decoded)
@@ -263,6 +306,19 @@ class AgentLink:
                 log.debug("xmpp %s: send failed: %s", self.jid, exc)
                 return
             self.queue.items.popleft()
+
+
+def observe(link: AgentLink, meter: Meter, agent: str) -> None:
+    """Export the link's drop counters: edgelab_agent_xmpp_dropped_total{agent,reason}
+    (reason: queue_full, foreign_sender, invalid_message)."""
+
+    def dropped(_options: CallbackOptions) -> Iterable[Observation]:
+        for reason, value in (("queue_full", link.queue.dropped), ("foreign_sender", link.dropped_foreign),
+                              ("invalid_message", link.dropped_invalid)):
+            yield Observation(value, {"agent": agent, "reason": reason})
+
+    meter.create_observable_counter("edgelab.agent.xmpp_dropped", callbacks=[dropped],
+                                    description="XMPP messages dropped, by reason")
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

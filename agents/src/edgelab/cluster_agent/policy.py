@@ -50,6 +50,8 @@ class TargetInstances:
 
     def desired(self, prediction: float) -> int:
         raw = max(0.0, prediction) / self.cfg.per_instance
+        if not raw < self.cfg.max_instances:  # also inf (1e308 / 0.25) and nan: no ceil of those
+            return self.clamp(self.cfg.max_instances)
         return self.clamp(math.ceil(raw - 1e-9))
 
     def initial(self, reported_instances: int) -> PolicyState:

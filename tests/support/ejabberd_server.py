@@ -1,4 +1,6 @@
-"""A real ejabberd on the loopback interface for the integration tests (fixture `ejabberd`).
+"""A real ejabberd on the loopback interface for the tests: `running_ejabberd()` (a
+context manager, for fixtures of any scope and for benchmarks) and the session
+fixture `ejabberd` built on it.
 
 Started with Debian's `ejabberdctl` under a test node name, with its own config,
 spool and log directories in a temporary directory, ports picked free on
@@ -9,6 +11,7 @@ cannot run it (ejabberdctl wants root or the ejabberd user).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -16,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +115,9 @@ def _wait_port(port, timeout=60):
     raise RuntimeError("ejabberd did not open port %d in %ds" % (port, timeout))
 
 
-@pytest.fixture(scope="session")
-def ejabberd():
+@contextlib.contextmanager
+def running_ejabberd() -> Iterator[Ejabberd]:
+    """Start a server, yield its handle, stop it and remove its files."""
     if not os.path.exists(EJABBERDCTL):
         pytest.skip("ejabberd is not installed (apt-get install ejabberd)")
     try:
@@ -163,3 +168,9 @@ def ejabberd():
         shutil.rmtree(base, ignore_errors=True)
         if not epmd_was_running:  # the test started epmd (on loopback): stop it again
             subprocess.run([epmd, "-kill"], capture_output=True, env=dict(os.environ, ERL_EPMD_ADDRESS="127.0.0.1"))
+
+
+@pytest.fixture(scope="session")
+def ejabberd() -> Iterator[Ejabberd]:
+    with running_ejabberd() as server:
+        yield server

@@ -1,7 +1,5 @@
 """Helpers for edgelab's project tests: they run the real ansible-playbook
-from the repository's virtualenv against real inventories and lab hosts.
-(A module of its own, not conftest.py: tests/agents has a conftest.py too,
-and `from conftest import` would pick whichever pytest loaded first.)"""
+from the repository's virtualenv against real inventories and lab hosts."""
 
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"

@@ -1,17 +1,14 @@
 """Helpers for the agents' tests: a handle on the test ejabberd and a fake
-systemctl that records start/stop into a directory. (Not in conftest.py, so
-that test modules import them by a name no other conftest.py shares.)"""
+systemctl that records start/stop into a directory."""
 
 from __future__ import annotations
 
 import os
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-import ejabberd_server
+from support import ejabberd_server
 
 FAKE_SYSTEMCTL = """#!/bin/sh
 # Fake systemctl for the tests: an instance is "active" when its file exists.
