@@ -76,7 +76,9 @@ def load_rules():
     values = {"ansible_managed": "test", "prometheus_scrape_interval_experiment": 5,
               "prometheus_evaluation_interval": 15, "prometheus_alert_target_down_for": "1m",
               "prometheus_alert_disk_free_ratio": 0.1, "prometheus_alert_disk_fill_hours": 24,
-              "prometheus_alert_agent_silent_seconds": 60}
+              "prometheus_alert_agent_silent_seconds": 60,
+              "prometheus_kubernetes_consumer_namespace": "edgelab",
+              "prometheus_kubernetes_consumer_deployment": "edgelab-consumer"}
     rules = []
     for path in RULE_TEMPLATES:
         doc = yaml.safe_load(env.from_string(path.read_text()).render(values))
@@ -203,3 +205,29 @@ def test_every_kpi_of_the_issue_has_a_panel():
                 "topic:edgelab_consumer_latency_seconds:p99_rate1m",   # p99 latency
                 "node:power_watts:rate1m"):                            # power per node
         assert kpi in exprs, kpi
+
+
+def test_kepler_rules_have_panels():
+    exprs = " ".join(e for _, _, e in dashboard_exprs())
+    for rule in ("node_zone:kepler_node_cpu_watts:rate1m",                # node power by zone
+                 "namespace:kepler_pod_cpu_watts:rate1m",                 # power per namespace
+                 "namespace_pod:kepler_pod_cpu_watts:rate1m",             # top pods
+                 "namespace_pod_container:kepler_container_cpu_watts:rate1m",  # top containers
+                 "pod:edgelab_consumer_kepler_watts:rate1m",              # the consumers' pods
+                 "cluster:edgelab_consumer_kepler_joules_per_frame:rate1m"):
+        assert rule in exprs, rule
+
+
+def test_every_cluster_scrape_job_has_its_metrics_in_the_catalog():
+    # The jobs group_vars/all/cluster.yml declares (kepler, kubelet,
+    # cadvisor) each have a catalog producer, and the rules read Kepler's
+    # current names only (v0.10+: no kepler_container_joules_total).
+    cluster = yaml.safe_load((REPO / "group_vars/all/cluster.yml").read_text())
+    jobs = {k.removeprefix("prometheus_scrape_job_") for k in cluster if k.startswith("prometheus_scrape_job_")}
+    catalogued = {j for producer in CATALOG["producers"].values() for j in producer["jobs"]}
+    assert jobs and jobs <= catalogued, sorted(jobs - catalogued)
+    rule_metrics = set().union(*(metric_names(r["expr"]) for r in load_rules()))
+    assert {"kepler_node_cpu_joules_total", "kepler_pod_cpu_joules_total",
+            "kepler_container_cpu_joules_total"} <= rule_metrics
+    old_names = re.compile(r"kepler_container_(package_|dram_|core_|other_)?joules_total")
+    assert not {n for n in catalog_metrics() | rule_metrics if old_names.fullmatch(n)}

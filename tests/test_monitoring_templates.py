@@ -245,6 +245,89 @@ def test_rules_render_with_the_experiment_interval(rendered):
     assert "{{ $labels.node }}" in down["annotations"]["summary"]
 
 
+def test_rule_files_pass_promtool(rendered):
+    for name in ("edgelab-recording.yml", "edgelab-alerts.yml"):
+        check = subprocess.run([PROMTOOL, "check", "rules", str(rendered["dir"] / name)],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+# Synthetic series as edgelab's Prometheus stores them from the kepler,
+# cadvisor and consumers jobs (label node from the scrape target), 5 s apart.
+# Counters grow linearly, so every rate is exact: 50 J per 5 s is 10 W.
+CONSUMER_POD = "edgelab-consumer-5d9c7b8f6-x2k4p"
+
+
+def kepler_pod(pod_id, name, namespace, zone):
+    return (f'kepler_pod_cpu_joules_total{{node="{"w2" if pod_id == "c" else "w1"}",pod_id="{pod_id}",'
+            f'pod_name="{name}",pod_namespace="{namespace}",state="running",zone="{zone}"}}')
+
+
+def cadvisor(metric, container):
+    return f'{metric}{{node="w1",namespace="edgelab",pod="{CONSUMER_POD}",container="{container}"}}'
+
+
+KUBERNETES_INPUT = [
+    ('kepler_node_cpu_joules_total{node="w1",node_name="k1",zone="package",path="/p0"}', "0+50x100"),
+    ('kepler_node_cpu_joules_total{node="w1",node_name="k1",zone="core",path="/p0c"}', "0+25x100"),
+    ('kepler_node_cpu_joules_total{node="w1",node_name="k1",zone="dram",path="/p0d"}', "0+10x100"),
+    ('kepler_node_cpu_joules_total{node="w2",node_name="k2",zone="package",path="/p0"}', "0+40x100"),
+    (kepler_pod("a", CONSUMER_POD, "edgelab", "package"), "0+15x100"),
+    (kepler_pod("a", CONSUMER_POD, "edgelab", "dram"), "0+5x100"),
+    (kepler_pod("a", CONSUMER_POD, "edgelab", "core"), "0+10x100"),
+    # Another Deployment's pod, and a pod of the same name in another namespace.
+    (kepler_pod("b", "edgelab-consumer-tools", "edgelab", "package"), "0+10x100"),
+    (kepler_pod("c", "edgelab-consumer-5d9c7b8f6-abcde", "default", "package"), "0+20x100"),
+    ('kepler_container_cpu_joules_total{node="w1",pod_id="a",container_id="c1",container_name="consumer",'
+     'runtime="containerd",state="running",zone="package"}', "0+15x100"),
+    ('edgelab_consumer_frames_total{node="w1",topic="frames"}', "0+10x100"),
+    (cadvisor("container_cpu_usage_seconds_total", "consumer"), "0+2.5x100"),
+    (cadvisor("container_cpu_usage_seconds_total", ""), "0+5x100"),   # the pod's own cgroup
+    (cadvisor("container_memory_working_set_bytes", "consumer"), "1073741824x100"),
+    (cadvisor("container_memory_working_set_bytes", ""), "2147483648x100"),
+]
+
+# rule: [(labels of the expected series, value)] at 5 min.
+KUBERNETES_EXPECTED = {
+    "node_zone:kepler_node_cpu_watts:rate1m": [
+        ('node="w1",zone="package"', 10), ('node="w1",zone="core"', 5), ('node="w1",zone="dram"', 2),
+        ('node="w2",zone="package"', 8)],
+    "node:kepler_power_watts:rate1m": [('node="w1"', 12), ('node="w2"', 8)],
+    "namespace:kepler_pod_cpu_watts:rate1m": [('pod_namespace="edgelab"', 6), ('pod_namespace="default"', 4)],
+    "namespace_pod_container:kepler_container_cpu_watts:rate1m": [
+        (f'node="w1",pod_id="a",container_name="consumer",pod_namespace="edgelab",pod_name="{CONSUMER_POD}"', 3)],
+    "pod:edgelab_consumer_kepler_watts:rate1m": [
+        (f'node="w1",pod_namespace="edgelab",pod_name="{CONSUMER_POD}"', 4)],
+    "pod:edgelab_consumer_cpu_usage_seconds:rate1m": [(f'node="w1",namespace="edgelab",pod="{CONSUMER_POD}"', 0.5)],
+    "pod:edgelab_consumer_memory_working_set_bytes:sum": [
+        (f'node="w1",namespace="edgelab",pod="{CONSUMER_POD}"', 1073741824)],
+    "cluster:edgelab_kepler_joules_per_frame:rate1m": [("", 10)],
+    "cluster:edgelab_consumer_kepler_joules_per_frame:rate1m": [("", 2)],
+}
+
+
+def test_kubernetes_rules_compute_power_from_keplers_counters(rendered):
+    # Node power per zone and in total (package + DRAM), pods per namespace,
+    # containers joined to their pod's namespace, the consumers' pods only
+    # (another Deployment's pod and a same-named pod in another namespace are
+    # left out), their cAdvisor CPU and memory, and joules per frame.
+    test = rendered["dir"] / "kubernetes-rules.test.yml"
+    test.write_text(yaml.safe_dump({
+        "rule_files": ["edgelab-recording.yml"],
+        "evaluation_interval": "5s",
+        "tests": [{
+            "interval": "5s",
+            "input_series": [{"series": series, "values": values} for series, values in KUBERNETES_INPUT],
+            "promql_expr_test": [
+                {"expr": rule, "eval_time": "5m",
+                 "exp_samples": [{"labels": f"{rule}{{{labels}}}", "value": value} for labels, value in samples]}
+                for rule, samples in KUBERNETES_EXPECTED.items()],
+        }],
+    }))
+    run = subprocess.run([PROMTOOL, "test", "rules", str(test)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_grafana_ini(rendered):
     ini = configparser.ConfigParser(interpolation=None, strict=True)
     ini.read_string((rendered["dir"] / "grafana.ini").read_text())
