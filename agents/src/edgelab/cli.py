@@ -38,8 +38,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
@@ -120,3 +123,17 @@ def run(prog: str, start: Start, argv: Sequence[str] | None = None, *, default_c
               file=sys.stderr)
         return 1
     return 0
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write text to path through a temporary file in the same directory, so a reader
+    never sees half a file (a tool's report, predictions, selections)."""
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=".%s." % target.name)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -51,18 +48,6 @@ def load(path: str, timestamp_column: str | None, what: str) -> Table:
         raise cli.InputError("%s %s: %s" % (what, path, exc.strerror or exc)) from None
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write text to path through a temporary file in the same directory, so a reader
-    never sees half a file."""
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=".%s." % target.name)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _number(value: float) -> str:
@@ -140,13 +125,13 @@ def run_select(args: argparse.Namespace) -> None:
         report = {"target": target, "step_seconds": data.step,
                   "start": float(data.timestamps[0]), "end": float(data.timestamps[-1]),
                   **selection.as_dict(), "dropped_metrics": data.dropped}
-        write_atomic(args.report, json.dumps(report, indent=2) + "\n")
+        cli.write_atomic(args.report, json.dumps(report, indent=2) + "\n")
     if args.output:
         lines = [",".join(["timestamp", _quote(target)] + [_quote(n) for n in selection.names])]
         chosen = data.x[:, selection.indices]
         for row, timestamp in enumerate(data.timestamps):
             lines.append(",".join([_number(timestamp), _number(data.y[row])] + [_number(v) for v in chosen[row]]))
-        write_atomic(args.output, "\n".join(lines) + "\n")
+        cli.write_atomic(args.output, "\n".join(lines) + "\n")
 
 
 def _quote(name: str) -> str:

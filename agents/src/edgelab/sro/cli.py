@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from .. import cli
 from ..learn.align import MIN_COVERAGE, from_table
@@ -51,18 +48,6 @@ def load(path: str, timestamp_column: str | None) -> Table:
         raise cli.InputError("dataset %s: %s" % (path, exc.strerror or exc)) from None
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write text to path through a temporary file in the same directory, so a reader
-    never sees half a file."""
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=".%s." % target.name)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,12 +95,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
         raise cli.InputError(str(exc)) from None
     print_table(result)
     if args.report:
-        write_atomic(args.report, json.dumps(result.as_dict(), indent=2) + "\n")
+        cli.write_atomic(args.report, json.dumps(result.as_dict(), indent=2) + "\n")
     if args.predictions:
         lines = ["timestamp,actual,forecast"]
         lines.extend("%s,%r,%r" % (("%.3f" % t).rstrip("0").rstrip("."), float(a), float(f))
                      for t, a, f in zip(result.timestamps, result.actual, result.forecast, strict=False))
-        write_atomic(args.predictions, "\n".join(lines) + "\n")
+        cli.write_atomic(args.predictions, "\n".join(lines) + "\n")
 
 
 def start(args: argparse.Namespace) -> None:
