@@ -57,15 +57,27 @@ syntax: $(VENV)
 unit: $(VENV)
 	pytest -q tests
 
-## molecule: every scenario in molecule/, one after another, each on fresh lab hosts
+## molecule: the molecule scenarios (all, or SCENARIOS="a b"), one after
+## another, each on fresh lab hosts
 molecule: $(VENV)
 	@for s in $(SCENARIOS); do \
 	  start=$$(date +%s); molecule test -s "$$s"; \
 	  echo "molecule $$s: $$(( $$(date +%s) - start ))s"; \
 	done
 
-## test: everything CI runs
-test: lint unit molecule
+## test: everything CI runs: lint, then two lanes at once (the machine has
+## two cores and much of a scenario is waiting on hosts): pytest followed by
+## the scenarios in LANE1_SCENARIOS, and the other scenarios. Each line is
+## prefixed with its lane; each lane prints its time.
+LANE1_SCENARIOS ?= base ejabberd
+test: lint
+	@rc=0; t0=$$(date +%s); \
+	lane1="$(filter $(LANE1_SCENARIOS),$(SCENARIOS))"; lane2="$(filter-out $(LANE1_SCENARIOS),$(SCENARIOS))"; \
+	( r=0; { $(MAKE) --no-print-directory unit && { [ -z "$$lane1" ] || $(MAKE) --no-print-directory molecule SCENARIOS="$$lane1"; }; } || r=$$?; \
+	  echo "lane 1 (unit $$lane1): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane1] /' & p1=$$!; \
+	( r=0; $(MAKE) --no-print-directory molecule SCENARIOS="$$lane2" || r=$$?; \
+	  echo "lane 2 ($$lane2): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane2] /' & p2=$$!; \
+	wait $$p1 || rc=1; wait $$p2 || rc=1; exit $$rc
 
 clean: lab-down
 	rm -rf .cache

@@ -19,6 +19,11 @@ from collections.abc import Generator
 import pytest
 from support.labtools import ansible_playbook
 
+# Every `mlflow server` a test starts inherits this: MLflow's job runner (seven
+# huey consumer processes for its GenAI jobs) is not used by edgelab, as role
+# mlflow's unit turns it off too.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
 REQUIRE_VARIABLE = "EDGELAB_REQUIRE_SERVICES"
 _TRUE = {"1", "true", "yes", "on"}
 _SKIPS = pytest.StashKey[list[str]]()

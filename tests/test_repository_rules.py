@@ -69,6 +69,12 @@ class Allowed:
 # Throwaway values in tests, each with the reason it is harmless. Only paths
 # under tests/ or molecule/ may appear here; every entry must still match.
 ALLOWED: list[Allowed] = [
+    Allowed("molecule/mlops/verify_airflow.yml", "default password assigned",
+            "checks that seed 002's stock Airflow login is refused"),
+    Allowed("molecule/mlops/verify_mlflow.yml", "default password assigned",
+            "checks that the stock admin password of older MLflow releases is refused"),
+    Allowed("molecule/mlops/verify_mlflow.yml", "default password literal",
+            "checks that the stock admin password of older MLflow releases is refused"),
     Allowed("tests/test_kubernetes.py", "kubeadm bootstrap token",
             "kubeadm's documented example token, rendered into a join file in a temporary directory"),
 ]

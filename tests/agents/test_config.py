@@ -83,10 +83,24 @@ def test_node_env_overrides(write: Write) -> None:
     (NODE.replace("ca_file: CA", "ca_file: /nonexistent/edgelab-ca.crt"),
      "ca_file /nonexistent/edgelab-ca.crt does not exist"),
     (NODE.replace("ca_file: CA", "ca_file: PW"), "holds no PEM certificate"),
+    (NODE + "ima_jid: ima\n", r"ima_jid must be a bare JID \(account@domain\), got 'ima'"),
+    (NODE + "ima_jid: ima@xmpp/res\n", "ima_jid must be a bare JID"),
+    (NODE + "ima_jid: 'i ma@xmpp'\n", "ima_jid 'i ma' is not an XMPP account name"),
+    (NODE + "ima_jid: ima@bad_domain\n", "ima_jid must be a DNS name or an IP address"),
+    (NODE + "ima_jid: cluster-nuc1@10.213.0.11\n", "ima_jid must not be the cluster agent's JID"),
+    (NODE + "bandwidth_unit: tc.service\n", "bandwidth_unit must be a systemd template prefix"),
+    (NODE + "bandwidth_max_mbit: 0\n", "bandwidth_max_mbit must be > 0"),
 ], ids=lambda v: v if len(v) < 40 else None)
 def test_node_errors(write: Write, text: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         load_node_config(write(text), env={})
+
+
+def test_node_ima_settings(write: Write) -> None:
+    cfg = load_node_config(write(NODE), env={})
+    assert (cfg.ima_jid, cfg.bandwidth_unit, cfg.bandwidth_max_mbit) == ("", "edgelab-bandwidth@", 10000.0)
+    cfg = load_node_config(write(NODE + "ima_jid: IMA@Monitor.Lab\nbandwidth_max_mbit: 100\n"), env={})
+    assert (cfg.ima_jid, cfg.bandwidth_max_mbit) == ("ima@monitor.lab", 100.0)
 
 
 def test_missing_files(write: Write, tmp_path: Path) -> None:
@@ -113,6 +127,9 @@ def test_cluster_config(write: Write) -> None:
     assert cfg.nodes == ["node-nuc2", "node-nuc3"] and cfg.password == "envpw"
     assert (cfg.policy.name, cfg.policy.per_instance, cfg.policy.max_instances, cfg.policy.down_after) == \
         ("target_instances", 0.5, 4, 3)
+    assert (cfg.ima_jid, cfg.command_max_age) == ("", 10.0)
+    cfg = load_cluster_config(write(CLUSTER + "ima_jid: ima@10.213.0.11\ncommand_max_age: 4\n"), env={})
+    assert (cfg.ima_jid, cfg.command_max_age) == ("ima@10.213.0.11", 4.0)
     assert cfg.kafka.topic == "edgelab.agent.events" and cfg.metrics_port == 9465
     assert (cfg.kafka.security_protocol, cfg.kafka.servers()) == ("PLAINTEXT", ["10.213.0.11:9092"])
 
@@ -157,6 +174,9 @@ kafka:
     (CLUSTER.replace('"10.213.0.11:9092"', '"h:9092", ssl_cafile: CA'), "kafka.ssl_cafile needs security_protocol"),
     (CLUSTER.replace('"10.213.0.11:9092"', '"h:9092", security_protocol: SSL, ssl_cafile: /nonexistent/k.crt'),
      "kafka.ssl_cafile /nonexistent/k.crt does not exist"),
+    (CLUSTER + "ima_jid: node-nuc3@10.213.0.11\n", "ima_jid 'node-nuc3@10.213.0.11' is one of the nodes"),
+    (CLUSTER + "ima_jid: ima@\n", "ima_jid must be a DNS name or an IP address"),
+    (CLUSTER + "command_max_age: -1\n", "command_max_age must be > 0"),
 ], ids=lambda v: v if len(v) < 40 else None)
 def test_cluster_errors(write: Write, text: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error):

@@ -86,6 +86,15 @@ def test_ima_select_then_sro_evaluate(files: dict[str, str], tmp_path: Path, cap
         kpi = {int(r["timestamp"]): float(r["latency_ms"]) for r in csv.DictReader(stream)}
     assert all(kpi[int(float(r["timestamp"]))] == float(r["actual"]) for r in rows[:50])
 
+    rc = sro(["evaluate", "--dataset", str(output), "--target", "latency_ms", "--horizon", "30s", "--metrics-only",
+              "--report", str(evaluation)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    kinds = {c["name"]: c["kind"] for c in json.loads(evaluation.read_text())["candidates"]}
+    assert kinds == {"training_mean": "baseline", "persistence": "reference", "moving_average": "reference",
+                     "ridge": "model", "hgb": "model"}
+    assert "training_mean" in out
+
 
 def test_sro_evaluate_parquet_gives_the_csv_result(files: dict[str, str], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -190,10 +199,10 @@ def test_sro_bad_input_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("args", "env", "expected"), [
-    (["serve"], {}, "PROMETHEUS_URL is not set"),
+    (["serve"], {}, "PROMETHEUS_URL"),
     (["serve", "--listen", "nowhere"], {"PROMETHEUS_URL": "http://127.0.0.1:9"}, "--listen must be HOST:PORT"),
     (["serve"], {"PROMETHEUS_URL": "http://127.0.0.1:9", "PROMETHEUS_USERNAME": "edgelab",
-                 "PROMETHEUS_PASSWORD_FILE": "/nonexistent/password"}, "Prometheus settings"),
+                 "PROMETHEUS_PASSWORD_FILE": "/nonexistent/password"}, "prometheus"),
 ])
 def test_ima_serve_refuses_bad_settings(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str], expected: str) -> None:

@@ -18,6 +18,7 @@ SAMPLES: list[m.Base] = [
                  validation_error=0.04, sample_ts=1700000000.0),
     m.Command(**stamp(), id="c-1", action="scale", unit="edgelab-consumer@", instances=4),  # type: ignore[arg-type]
     m.Result(**stamp(), id="c-1", ok=False, instances=2, error="boom"),  # type: ignore[arg-type]
+    m.Bandwidth(**stamp(), id="ima-1", slice="slice-1", flavor="slow-link", rate_mbit=10.0),  # type: ignore[arg-type]
 ]
 
 
@@ -85,6 +86,27 @@ def test_command_rules() -> None:
     cmd["instances"], cmd["ok"] = 2, True
     with pytest.raises(m.DecodeError, match="unknown field 'ok'"):
         m.decode(json.dumps(cmd))
+
+
+def test_bandwidth_rules() -> None:
+    bw = json.loads(m.encode(SAMPLES[5]))
+    assert bw == {"schema": "edgelab.agent/1", "type": "bandwidth", **stamp(), "id": "ima-1", "slice": "slice-1",
+                  "flavor": "slow-link", "rate_mbit": 10.0}
+    bw["rate_mbit"] = 25
+    decoded = m.decode(json.dumps(bw))
+    assert isinstance(decoded, m.Bandwidth) and decoded.rate_mbit == 25.0 and isinstance(decoded.rate_mbit, float)
+    for rate, error in ((0, "rate_mbit: must be > 0"), (-1.5, "rate_mbit: must be > 0"),
+                        ("10", "rate_mbit: expected a number"), (True, "rate_mbit: expected a number"),
+                        (None, "rate_mbit: expected a number")):
+        bw["rate_mbit"] = rate
+        with pytest.raises(m.DecodeError, match=error):
+            m.decode(json.dumps(bw))
+    bw["rate_mbit"], bw["slice"] = 10.0, 7
+    with pytest.raises(m.DecodeError, match="field slice: expected a string"):
+        m.decode(json.dumps(bw))
+    del bw["slice"]
+    with pytest.raises(m.DecodeError, match="missing field 'slice' in bandwidth"):
+        m.decode(json.dumps(bw))
 
 
 def test_encode_refuses_oversized_and_nan() -> None:

@@ -8,18 +8,14 @@ ModelError."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from edgelab.models import ModelError, lagged, load_model
+from support.mlflow_server import running_mlflow
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (requirements.txt)")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -29,48 +25,10 @@ WINDOW = 3
 MODEL = "edgelab-load-forecast"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    base = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = (base / "server.log").open("w")
-    proc = subprocess.Popen(
-        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-         "--artifacts-destination", str(base / "artifacts"), "--serve-artifacts"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=base)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                tail = (base / "server.log").read_text()[-2000:]
-                raise RuntimeError(f"mlflow server exited {proc.returncode}: {tail}")
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not answer /health in 120 s")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server.uri
 
 
 @pytest.fixture

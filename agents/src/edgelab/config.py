@@ -49,6 +49,9 @@ class AgentConfig:
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 0
     telemetry_endpoint: str = ""
+    # The IMA's bare JID (localpart@domain): the one sender besides the agents' own
+    # peers whose flavor changes are acted on; "" accepts none.
+    ima_jid: str = ""
     password: str = field(default="", repr=False, metadata={"internal": True})
 
 
@@ -68,6 +71,11 @@ class NodeConfig(AgentConfig):
     # A scale command older than this (seconds, by its sender's clock) is refused: the
     # cluster agent's actuator gave up on it after actuator.timeout (the same default).
     command_max_age: float = 10.0
+    # A bandwidth message from the IMA starts the oneshot unit
+    # <bandwidth_unit><slice>:<rate in kbit/s>.service (with scale_systemctl), which
+    # applies the slice's HTB class with tc; rates above bandwidth_max_mbit are refused.
+    bandwidth_unit: str = "edgelab-bandwidth@"
+    bandwidth_max_mbit: float = 10000.0
 
 
 @dataclass
@@ -116,6 +124,8 @@ class ClusterConfig(AgentConfig):
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    # A scale command from the IMA older than this (seconds, by the IMA's clock) is refused.
+    command_max_age: float = 10.0
 
 
 T = TypeVar("T")
@@ -296,6 +306,18 @@ def _check_agent(cfg: AgentConfig, env_map: Mapping[str, str], password_var: str
     _positive("heartbeat_interval", cfg.heartbeat_interval)
     _check_port("xmpp_port", cfg.xmpp_port)
     _check_port("metrics_port", cfg.metrics_port)
+    if cfg.ima_jid:
+        cfg.ima_jid = check_bare_jid("ima_jid", cfg.ima_jid)
+
+
+def check_bare_jid(where: str, value: str) -> str:
+    """A bare JID (account@domain, no resource), lower-cased as the agents compare them."""
+    local, sep, domain = value.partition("@")
+    if not sep or "/" in domain:
+        raise ConfigError(f"{where} must be a bare JID (account@domain), got {value[:80]!r}")
+    check_localpart(where, local)
+    check_hostname(where, domain)
+    return value.lower()
 
 
 def load_node_config(path: str = NODE_CONFIG, env: Mapping[str, str] | None = None) -> NodeConfig:
@@ -306,6 +328,12 @@ def load_node_config(path: str = NODE_CONFIG, env: Mapping[str, str] | None = No
     check_localpart("node_name", cfg.node_name)
     _positive("interval", cfg.interval)
     _positive("command_max_age", cfg.command_max_age)
+    if not re.fullmatch(r"[A-Za-z0-9:_.\\-]+@", cfg.bandwidth_unit):
+        raise ConfigError(f"bandwidth_unit must be a systemd template prefix ending in '@', "
+                          f"got {cfg.bandwidth_unit[:80]!r}")
+    _positive("bandwidth_max_mbit", cfg.bandwidth_max_mbit)
+    if cfg.ima_jid == f"{cfg.cluster_name}@{cfg.xmpp_domain}".lower():
+        raise ConfigError("ima_jid must not be the cluster agent's JID")
     if cfg.model_window < 1:
         raise ConfigError(f"model_window must be >= 1, got {cfg.model_window}")
     if not 1 <= cfg.scale_max_instances <= 64:
@@ -376,5 +404,8 @@ def load_cluster_config(path: str = CLUSTER_CONFIG, env: Mapping[str, str] | Non
     if cfg.actuator.name == "kubernetes" and not cfg.actuator.deployment:
         raise ConfigError("actuator.deployment is required for the kubernetes actuator")
     _positive("actuator.timeout", cfg.actuator.timeout)
+    _positive("command_max_age", cfg.command_max_age)
+    if cfg.ima_jid and cfg.ima_jid in {f"{n}@{cfg.xmpp_domain}".lower() for n in cfg.nodes}:
+        raise ConfigError(f"ima_jid {cfg.ima_jid!r} is one of the nodes: the IMA needs an account of its own")
     _check_kafka(cfg.kafka)
     return cfg

@@ -69,8 +69,19 @@ class Result(Base):
     error: str
 
 
-Message = Union[Heartbeat, Prediction, Command, Result]  # noqa: UP007 - a runtime alias on Python 3.10
-TYPES: dict[str, type[Base]] = {cls.TYPE: cls for cls in (Heartbeat, Prediction, Command, Result)}
+@dataclass
+class Bandwidth(Base):
+    """A bandwidth class for one slice on one host (IMA -> node agent); rate_mbit > 0."""
+
+    TYPE: ClassVar[str] = "bandwidth"
+    id: str
+    slice: str
+    flavor: str
+    rate_mbit: float
+
+
+Message = Union[Heartbeat, Prediction, Command, Result, Bandwidth]  # noqa: UP007 - a runtime alias on Python 3.10
+TYPES: dict[str, type[Base]] = {cls.TYPE: cls for cls in (Heartbeat, Prediction, Command, Result, Bandwidth)}
 # Field kinds: "str", "float", "int", "bool", "float?" (float or null).
 _KINDS = {"str": "str", "float": "float", "int": "int", "bool": "bool", "float | None": "float?"}
 ACTIONS = ("scale",)
@@ -149,6 +160,8 @@ def decode(text: str | bytes) -> Message:
             raise DecodeError(f"unknown command action {values['action'][:40]!r}")
         if values["instances"] < 0:
             raise DecodeError("field instances: negative")
+    if cls is Bandwidth and values["rate_mbit"] <= 0:
+        raise DecodeError("field rate_mbit: must be > 0")
     return cls(**values)  # type: ignore[return-value]
 
 

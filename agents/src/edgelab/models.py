@@ -9,7 +9,15 @@ Sources (config key model_source):
                     "intercept"}
   file:PATH.joblib  a scikit-learn regressor (or {"model", "features", "window"});
                     needs the optional extra `sklearn`, imported only then
-  mlflow:URI        mlflow.pyfunc model (optional extra `mlflow`), imported only then
+  mlflow:URI        mlflow.pyfunc model (optional extra `mlflow`), imported only then;
+                    models:/NAME@production (or models:/NAME/Production) is read from
+                    the node's model store when the node API pulled NAME there, so the
+                    node runs without reaching MLflow; otherwise from MLflow
+  mlflow:store:EXP  the store's current model of experiment EXP (never MLflow)
+
+The node's model store is the node API's (edgelab.node_api.store): STORE/<exp_id>/current
+links to an MLflow model directory with edgelab-model.json ({"name", "version", ...});
+STORE is $EDGELAB_MODEL_STORE, default /var/lib/edgelab/models.
 
 Until a window is full, the oldest sample is repeated to fill it, so every model
 predicts from the first sample.
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +39,8 @@ import numpy as np
 from .config import ConfigError
 
 LINEAR_FORMAT = "edgelab.linear/1"
+MODEL_STORE = "/var/lib/edgelab/models"
+STORE_META = "edgelab-model.json"
 
 
 class ModelError(ConfigError):
@@ -139,6 +151,31 @@ class SklearnModel(_Windowed):
         return float(np.ravel(self.model.predict(x.reshape(1, -1)))[0])
 
 
+def model_store() -> Path:
+    return Path(os.environ.get("EDGELAB_MODEL_STORE") or MODEL_STORE)
+
+
+def _stored(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((path / STORE_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def store_location(uri: str) -> str | None:
+    """The store's copy of a production model URI (None: not in the store)."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@production|/Production|/production)", uri)
+    root = model_store()
+    if match is None or not root.is_dir():
+        return None
+    for current in sorted(root.glob("*/current")):
+        meta = _stored(current)
+        if meta is not None and meta.get("name") == match.group(1):
+            return str(current.resolve())
+    return None
+
+
 class MlflowModel(_Windowed):
     def __init__(self, uri: str, target: str, window: int) -> None:
         try:
@@ -146,12 +183,24 @@ class MlflowModel(_Windowed):
         except ImportError:
             raise ModelError("model_source mlflow: needs the optional extra: "
                              "pip install 'edgelab-agents[mlflow]'") from None
+        if uri.startswith("store:"):
+            exp_id = uri[len("store:"):]
+            current = model_store() / exp_id / "current"
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", exp_id) or _stored(current) is None:
+                raise ModelError(f"cannot load {uri}: no model for experiment {exp_id!r} in the node's store "
+                                 f"{model_store()} (pull it with the node API: PUT /api/mlflow/model)")
+            location: str | None = str(current.resolve())
+        else:
+            location = store_location(uri)
         try:
-            self.model = mlflow.pyfunc.load_model(uri)
+            self.model = mlflow.pyfunc.load_model(location or uri)
         except Exception as exc:
             raise ModelError(f"cannot load {uri}: {exc}") from None
         super().__init__([target], window, target)
         self.name = "mlflow:" + uri
+        self.location = location or uri
+        stored = _stored(Path(location)) if location else None
+        self.version = str(stored["version"]) if stored and "version" in stored else None
 
     def predict(self) -> float | None:
         x = self.vector()

@@ -1,5 +1,7 @@
 """edgelab node agent: telemetry -> model -> prediction (XMPP) to the cluster agent,
-heartbeats, and "scale" commands applied to local systemd template units.
+heartbeats, "scale" commands applied to local systemd template units, and the IMA's
+"bandwidth" messages applied as a slice's HTB class (edgelab.bandwidth, through a
+oneshot unit: the agent itself holds no capability).
 
     edgelab-node-agent [--config /etc/edgelab/node-agent.yml] [--log-level INFO] [-v]
 """
@@ -12,9 +14,12 @@ import contextlib
 import logging
 import re
 import shlex
+import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import cli, messages
 from .config import NODE_CONFIG, ConfigError, NodeConfig, load_node_config
@@ -87,6 +92,48 @@ class Scaler:
             return await self.active()
 
 
+class Shaper:
+    """Applies a slice's bandwidth by starting the oneshot unit
+    `<unit><slice>:<kbit>.service` (systemctl start waits for it and fails when tc
+    failed). The unit runs edgelab-bandwidth with CAP_NET_ADMIN only; polkit lets the
+    agent's user start instances of that template and nothing else about it."""
+
+    SLICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+    def __init__(self, unit: str, max_mbit: float, systemctl: str = "systemctl", timeout: float = 30.0) -> None:
+        self.unit = unit
+        self.max_mbit = max_mbit
+        self.systemctl = shlex.split(systemctl)
+        self.timeout = timeout
+        self.lock = asyncio.Lock()
+
+    def unit_for(self, slice_id: str, rate_mbit: float) -> str:
+        """The unit instance for a slice and rate; ScaleError for what cannot be applied."""
+        if not self.SLICE.fullmatch(slice_id):
+            raise ScaleError(f"slice {slice_id[:80]!r}: 1-128 letters, digits, '.', '_', '-'")
+        kbit = round(rate_mbit * 1000)
+        if not 0 < rate_mbit <= self.max_mbit or kbit < 1:
+            raise ScaleError(f"rate_mbit {rate_mbit:g} outside 0.001..{self.max_mbit:g}")
+        return f"{self.unit}{slice_id}:{kbit}.service"
+
+    async def apply(self, slice_id: str, rate_mbit: float) -> str:
+        unit = self.unit_for(slice_id, rate_mbit)
+        async with self.lock:
+            proc = await asyncio.create_subprocess_exec(
+                *self.systemctl, "start", unit, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise ScaleError(f"systemctl start {unit} timed out after {self.timeout}s") from None
+        if proc.returncode:
+            text = out.decode("utf-8", "replace").strip()
+            raise ScaleError(f"systemctl start {unit} failed ({proc.returncode}): {text[-200:]}")
+        return unit
+
+
 class NodeAgent:
     def __init__(self, cfg: NodeConfig, *, model: Predictor | None = None, serve_metrics: bool = True,
                  collector: NodeCollector | None = None) -> None:
@@ -96,6 +143,8 @@ class NodeAgent:
         self.model = model if model is not None else load_model(cfg.model_source, cfg.model_target,
                                                                  cfg.model_window)
         self.scaler = Scaler(cfg.scale_unit, cfg.scale_max_instances, cfg.scale_systemctl)
+        self.shaper = Shaper(cfg.bandwidth_unit, cfg.bandwidth_max_mbit, cfg.scale_systemctl)
+        self.bandwidth_done = 0
         self.collector = collector or NodeCollector(cfg.local_otel_endpoint, cfg.app_process)
         self.seq = messages.Sequencer(cfg.node_name)
         self.instances = 0
@@ -113,7 +162,8 @@ class NodeAgent:
         self.m_stale = self.telemetry.meter.create_counter(
             "edgelab.agent.commands_refused", description="Scale commands refused, by reason (stale)")
         self.link = AgentLink(f"{self.jid}/{RESOURCE}", cfg.password, host=cfg.xmpp_host, port=cfg.xmpp_port,
-                              ca_file=cfg.ca_file, peers={self.cluster_jid}, handler=self.on_message,
+                              ca_file=cfg.ca_file, peers={self.cluster_jid, *([cfg.ima_jid] if cfg.ima_jid else [])},
+                              handler=self.on_message,
                               subscribe_to={self.cluster_jid}, on_peer_available=self._cluster_available)
         observe(self.link, self.telemetry.meter, cfg.node_name)
         self._beat_task: asyncio.Future[None] | None = None
@@ -189,14 +239,14 @@ class NodeAgent:
 
     # -- commands ----------------------------------------------------------
     def on_message(self, sender: str, msg: messages.Message) -> object:
-        if sender != self.cluster_jid:  # AgentLink already filters; belt and braces
-            return None
-        if isinstance(msg, messages.Command):
+        if sender == self.cluster_jid and isinstance(msg, messages.Command):
             return self.handle_command(msg)
+        if sender == self.cfg.ima_jid and self.cfg.ima_jid and isinstance(msg, messages.Bandwidth):
+            return self.handle_bandwidth(sender, msg)
         log.debug("ignored %s message from %s", msg.TYPE, sender)
         return None
 
-    def stale(self, cmd: messages.Command, now: float | None = None) -> str:
+    def stale(self, cmd: messages.Command | messages.Bandwidth, now: float | None = None) -> str:
         """Why a command is too old (or from too far in the future) to apply; "" if it is not.
 
         The cluster agent gives up on a command after actuator.timeout; one that arrives
@@ -234,6 +284,23 @@ class NodeAgent:
                                                           instances=self.instances, error=error))
 
 
+    async def handle_bandwidth(self, sender: str, msg: messages.Bandwidth) -> None:
+        """Apply the slice's rate and answer the IMA with a Result of the message's id."""
+        ok, error = True, ""
+        reason = self.stale(msg)
+        try:
+            if reason:
+                raise ScaleError(reason)
+            unit = await self.shaper.apply(msg.slice, msg.rate_mbit)
+        except (ScaleError, OSError) as exc:
+            ok, error, unit = False, str(exc)[:240], ""
+        self.bandwidth_done += 1
+        log.log(logging.INFO if ok else logging.WARNING, "bandwidth %s slice %s flavor %s %g Mbit/s: ok=%s %s",
+                msg.id[:40], msg.slice[:80], msg.flavor[:80], msg.rate_mbit, ok, unit or error)
+        self.link.send(sender, messages.Result(**self.seq.stamp(), id=msg.id, ok=ok, instances=self.instances,
+                                               error=error))
+
+
 async def _start(args: argparse.Namespace) -> None:
     agent = NodeAgent(load_node_config(args.config))
     install_signal_handlers(agent.stop_event)
@@ -243,6 +310,86 @@ async def _start(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     return cli.run("edgelab-node-agent", _start, argv, default_config=NODE_CONFIG,
                    description="edgelab node agent: telemetry, predictions and scale commands over XMPP")
+
+
+# -- the privileged half: edgelab-bandwidth SLICE:KBIT (run by the oneshot unit) ------
+
+BANDWIDTH_INSTANCE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,127}):([1-9][0-9]{0,7})")
+
+
+def slice_minor(slice_id: str) -> int:
+    """The HTB class minor (and firewall mark) of a slice: stable, 0x10..0xffef."""
+    return 0x10 + zlib.crc32(slice_id.encode()) % 0xffe0
+
+
+def default_interface(route_table: str = "/proc/net/route") -> str:
+    """The interface of the IPv4 default route (the host's egress)."""
+    try:
+        lines = Path(route_table).read_text(encoding="ascii").splitlines()[1:]
+    except OSError as exc:
+        raise cli.InputError(f"cannot read {route_table}: {exc.strerror or exc}") from None
+    for line in lines:
+        cols = line.split()
+        # Iface Destination Gateway Flags RefCnt Use Metric Mask ...: destination and mask 0.
+        if len(cols) > 7 and cols[1] == "00000000" and cols[7] == "00000000":
+            return cols[0]
+    raise cli.InputError("no IPv4 default route: name the egress interface with --interface")
+
+
+def tc_commands(current_root: str, interface: str, slice_id: str, kbit: int) -> list[list[str]]:
+    """The tc argv lists (without the tc binary) that give the slice an HTB class of
+    `kbit` kbit/s on the interface, given `tc qdisc show dev IF root` now: an HTB root
+    qdisc 1: whose default class is the slice's (the egress of a host that serves the
+    slice, as NECOS shaped it) and the class itself (rate = ceil). The root is kept
+    when it already is that qdisc (no interruption on a rate change); an HTB root with
+    another default is recreated (the kernel does not change HTB's default in place)."""
+    minor = f"{slice_minor(slice_id):x}"
+    rate = f"{kbit}kbit"
+    root = ["qdisc", "add", "dev", interface, "root", "handle", "1:", "htb", "default", minor]
+    words = current_root.split()
+    ours = words[:2] == ["qdisc", "htb"] and len(words) > 2 and words[2] == "1:"
+    if ours and f"default 0x{minor} " in current_root + " ":
+        plan = []
+    elif ours:
+        plan = [["qdisc", "del", "dev", interface, "root"], root]
+    else:
+        plan = [["qdisc", "replace", *root[2:]]]
+    return [*plan, ["class", "replace", "dev", interface, "parent", "1:", "classid", f"1:{minor}", "htb",
+                    "rate", rate, "ceil", rate]]
+
+
+def _tc(tc: str, argv: list[str]) -> str:
+    done = subprocess.run([tc, *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=20, check=False)
+    if done.returncode:
+        text = " ".join((done.stderr or done.stdout).split())[-200:]
+        raise RuntimeError(f"tc {' '.join(argv)} failed ({done.returncode}): {text}")
+    return done.stdout
+
+
+def apply_bandwidth(args: argparse.Namespace) -> None:
+    match = BANDWIDTH_INSTANCE.fullmatch(args.instance)
+    if match is None:
+        raise cli.InputError(f"instance {args.instance[:80]!r} is not SLICE:KBIT (a slice id, a rate in kbit/s)")
+    slice_id, kbit = match.group(1), int(match.group(2))
+    interface = args.interface or default_interface()
+    if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", interface):
+        raise cli.InputError(f"--interface {interface[:40]!r} is not an interface name")
+    current = _tc(args.tc, ["qdisc", "show", "dev", interface, "root"])
+    for argv in tc_commands(current, interface, slice_id, kbit):
+        _tc(args.tc, argv)
+    log.info("slice %s: HTB class 1:%x at %d kbit/s on %s", slice_id, slice_minor(slice_id), kbit, interface)
+
+
+def _bandwidth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("instance", help="SLICE:KBIT, the unit's instance name (%%i)")
+    parser.add_argument("--interface", default="", help="egress interface (default: the default route's)")
+    parser.add_argument("--tc", default="tc", help="the tc binary (default: tc on PATH)")
+
+
+def bandwidth_main(argv: Sequence[str] | None = None) -> int:
+    return cli.run("edgelab-bandwidth", apply_bandwidth, argv, add_arguments=_bandwidth_arguments,
+                   description="apply a slice's HTB class with tc (needs CAP_NET_ADMIN)")
 
 
 if __name__ == "__main__":

@@ -328,6 +328,58 @@ class PrometheusClient:
                 last_scrape=last_scrape, last_scrape_duration=float(item.get("lastScrapeDuration", 0.0))))
         return targets
 
+    def query_range_raw(self, expr: str, start: TimeLike, end: TimeLike, step: Duration) -> bytes:
+        """query_range's request (same checks, retries and errors) returning the response
+        body unparsed, for callers that decode large matrices themselves (the extractor).
+        A body whose status is not success is raised as PrometheusResponseError."""
+        start_s, end_s, step_s = to_epoch(start), to_epoch(end), to_seconds(step)
+        if end_s < start_s:
+            raise ValueError("end (%s) is before start (%s)" % (utc(end_s).isoformat(), utc(start_s).isoformat()))
+        params = {"query": expr, "start": _format_time(start_s), "end": _format_time(end_s),
+                  "step": _format_time(step_s)}
+        path = "/api/v1/query_range"
+        status, raw, _retry_after = self._request(self.url + path, urllib.parse.urlencode(params).encode("ascii"),
+                                                  self._public(path))
+        if not raw.lstrip().startswith(b'{"status":"success"'):
+            self._api_payload(status, raw, path)  # raises with Prometheus's own message
+        return raw
+
+    def series(self, match: str | list[str], start: TimeLike | None = None,
+               end: TimeLike | None = None) -> list[dict[str, str]]:
+        """The label sets of the series that `match` selectors (one or a list) find, with
+        samples between start and end when given (/api/v1/series)."""
+        matchers = [match] if isinstance(match, str) else list(match)
+        if not matchers:
+            raise ValueError("series() needs at least one selector")
+        params: list[tuple[str, str]] = [("match[]", m) for m in matchers]
+        if start is not None:
+            params.append(("start", _format_time(to_epoch(start))))
+        if end is not None:
+            params.append(("end", _format_time(to_epoch(end))))
+        path = "/api/v1/series"
+        status, raw, _retry_after = self._request(self.url + path, urllib.parse.urlencode(params).encode("ascii"),
+                                                  self._public(path))
+        payload = self._api_payload(status, raw, path)
+        data = payload.get("data")
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise PrometheusResponseError("series result is not a list of label sets", status=status,
+                                          url=self._public(path))
+        return [{str(k): str(v) for k, v in item.items()} for item in data]
+
+    def _api_payload(self, status: int, raw: bytes, path: str) -> dict[str, Any]:
+        """A success payload as a dict, or PrometheusResponseError with its error."""
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise PrometheusResponseError("response is not JSON: %s" % _snippet(raw), status=status,
+                                          url=self._public(path)) from None
+        if not isinstance(payload, dict) or payload.get("status") != "success":
+            error = payload.get("error", _snippet(raw)) if isinstance(payload, dict) else _snippet(raw)
+            raise PrometheusResponseError(str(error), status=status, url=self._public(path))
+        for warning in payload.get("warnings", []) or []:
+            log.warning("Prometheus warning for %s: %s", path, warning)
+        return payload
+
     def ready(self) -> bool:
         """True when Prometheus answers /-/ready with 200 (one attempt, no retries)."""
         try:

@@ -2,6 +2,10 @@
 into decisions (policy) and applies them (actuator); every decision is a JSON log
 line, Prometheus metrics and, when Kafka is configured, an event on a topic.
 
+The IMA (config ima_jid) may send a "scale" command: every active worker is scaled to
+its instances through the same actuator (refused when stale or outside the policy's
+min..max), the policy continues from there, and the IMA gets a Result with the id.
+
     edgelab-cluster-agent [--config /etc/edgelab/cluster-agent.yml] [--log-level INFO] [-v]
 """
 
@@ -246,8 +250,9 @@ class ClusterAgent:
                                                  description="Actuations, by outcome (ok, failed)")
         meter.create_observable_gauge("edgelab.cluster_agent.nodes_active", callbacks=[self._observe_active],
                                       description="Node agents heard from within missed_beats heartbeats")
+        peers = {f"{n}@{self.domain}" for n in self.nodes} | ({cfg.ima_jid} if cfg.ima_jid else set())
         self.link = AgentLink(f"{self.jid}/{RESOURCE}", cfg.password, host=cfg.xmpp_host, port=cfg.xmpp_port,
-                              ca_file=cfg.ca_file, peers={f"{n}@{self.domain}" for n in self.nodes},
+                              ca_file=cfg.ca_file, peers=peers,
                               handler=self.on_message)
         self.actuator = actuator or make_actuator(cfg.actuator, self.link, cfg.xmpp_domain, self.seq)
         self.events: EventSink | None = None
@@ -313,6 +318,12 @@ class ClusterAgent:
 
     # -- messages ----------------------------------------------------------
     def on_message(self, sender: str, msg: messages.Message) -> None:
+        if self.cfg.ima_jid and sender == self.cfg.ima_jid:
+            if isinstance(msg, messages.Command):
+                self._spawn(self.ima_command(sender, msg))
+            else:
+                log.debug("ignored %s from the IMA", msg.TYPE)
+            return
         local, _, domain = sender.partition("@")
         node = self.nodes.get(local)
         if node is None or domain != self.domain:
@@ -354,16 +365,78 @@ class ClusterAgent:
             self.events.put(node.name, record)
         if decision.target != node.instances and not node.inflight and node.unit:
             node.inflight = True
-            task = asyncio.ensure_future(self._actuate(node, decision.target, received, record))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._actuate(node, decision.target, received, record))
         return record
 
-    async def _actuate(self, node: NodeState, target: int, received: float, record: dict[str, Any]) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def ima_refusal(self, cmd: messages.Command, now: float | None = None) -> str:
+        """Why the IMA's scale command cannot be applied; "" when it can."""
+        age = (time.time() if now is None else now) - cmd.ts
+        if abs(age) > self.cfg.command_max_age:
+            return f"stale command: sent {age:.1f}s ago, command_max_age is {self.cfg.command_max_age}s"
+        p = self.cfg.policy
+        if not p.min_instances <= cmd.instances <= p.max_instances:
+            return f"instances {cmd.instances} outside the policy's {p.min_instances}..{p.max_instances}"
+        if not any(n.active for n in self.nodes.values()):
+            return "no active worker to scale"
+        return ""
+
+    async def ima_command(self, sender: str, cmd: messages.Command) -> dict[str, Any]:
+        """Scale every active worker to cmd.instances through the actuator, as a policy
+        decision would, and answer the IMA with a Result of the command's id."""
+        received = time.monotonic()
+        reason = self.ima_refusal(cmd)
+        record: dict[str, Any] = {"event": "ima_command", "ts": round(time.time(), 3), "id": cmd.id[:80],
+                                  "unit": cmd.unit[:80], "target": cmd.instances, "seq": cmd.seq}
+        outcomes: list[tuple[str, Outcome]] = []
+        if not reason:
+            workers = [n for n in self.nodes.values() if n.active]
+            outcomes = list(zip([n.name for n in workers],
+                                await asyncio.gather(*(self._ima_scale(n, cmd, received, record) for n in workers)),
+                                strict=True))
+        failed = [(name, o) for name, o in outcomes if not o.ok]
+        error = reason or "; ".join(f"{name}: {o.error}" for name, o in failed)[:240]
+        reported = [o.instances for _, o in outcomes if o.instances >= 0]
+        instances = cmd.instances if outcomes and not failed else min(reported, default=0)
+        record.update(ok=not error, instances=instances, error=error, workers=[name for name, _ in outcomes])
+        self.decisions.append(record)
+        self.m_decisions.add(1, {"action": "ima_command"})
+        decision_log.log(logging.WARNING if error else logging.INFO, json.dumps(record, separators=(",", ":")))
+        if self.events is not None:
+            self.events.put("ima", record)
+        self.link.send(sender, messages.Result(**self.seq.stamp(), id=cmd.id, ok=not error, instances=instances,
+                                               error=error))
+        return record
+
+    async def _ima_scale(self, node: NodeState, cmd: messages.Command, received: float,
+                         record: dict[str, Any]) -> Outcome:
+        deadline = time.monotonic() + self.actuator_timeout()
+        while node.inflight:  # one actuation per worker at a time: wait for the policy's
+            if time.monotonic() > deadline:
+                return Outcome(False, -1, "a policy actuation is still in flight")
+            await asyncio.sleep(0.05)
+        # The policy continues from the IMA's level once it is applied; a refused
+        # command leaves the policy where it was.
+        previous, node.policy = node.policy, self.policy.initial(cmd.instances)
+        node.inflight = True
+        outcome = await self._actuate(node, cmd.instances, received, record, unit=cmd.unit)
+        if not outcome.ok:
+            node.policy = previous
+        return outcome
+
+    def actuator_timeout(self) -> float:
+        return float(getattr(self.actuator, "timeout", self.cfg.actuator.timeout))
+
+    async def _actuate(self, node: NodeState, target: int, received: float, record: dict[str, Any],
+                       unit: str = "") -> Outcome:
         try:
             sent = time.monotonic()
             self.m_latency.record(sent - received, {"stage": "sent"})
-            outcome: Outcome = await self.actuator.apply(node.name, node.unit, target)
+            outcome: Outcome = await self.actuator.apply(node.name, unit or node.unit, target)
             done = time.monotonic()
             latency = done - received
             self.latencies.append(latency)
@@ -378,6 +451,7 @@ class ClusterAgent:
             decision_log.log(logging.INFO if outcome.ok else logging.WARNING, json.dumps(result, separators=(",", ":")))
             if self.events is not None:
                 self.events.put(node.name, result)
+            return outcome
         finally:
             node.inflight = False
 

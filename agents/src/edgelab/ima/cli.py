@@ -14,10 +14,11 @@ Prints the selected metrics with their scores; --report writes the same as JSON,
 --output a CSV (timestamp, KPI, selected metrics on the common grid) that
 `edgelab-sro evaluate --dataset` takes. Bad input: one line on stderr, exit 2.
 
-    edgelab-ima serve [--listen 127.0.0.1:5000] [--query PROMQL]
+    edgelab-ima serve --config /etc/edgelab/ima.yml [--listen HOST:PORT] [--query PROMQL]
 
-runs the HTTP service with NECOS's `POST /ymetrics/{sliceId}` (ima/service.py);
-Prometheus from PROMETHEUS_URL, PROMETHEUS_USERNAME, PROMETHEUS_PASSWORD_FILE.
+runs the HTTP service (ima/service.py: NECOS's POST /ymetrics/{sliceId}, streaming
+to Kafka, POST /elasticity/...); settings in ima/config.py. Bad settings: one line
+on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +36,9 @@ from ..learn.align import MIN_COVERAGE, align, infer_step
 from ..learn.errors import LearnError
 from ..learn.select import DEFAULT_METHOD, METHODS, select
 from ..learn.tables import Table, read_table
+
+if TYPE_CHECKING:
+    from .config import ImaConfig
 
 PROG = "edgelab-ima"
 
@@ -76,14 +81,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--prometheus-ca-file", metavar="FILE")
     sel.add_argument("--report", metavar="FILE", help="write the selection as JSON")
     sel.add_argument("--output", metavar="FILE", help="write timestamp, KPI and the selected metrics as CSV")
-    serve = commands.add_parser("serve", help="run the IMA HTTP service (NECOS's POST /ymetrics/{sliceId})",
-                                description="Run the IMA HTTP service. Prometheus from the environment: "
-                                "PROMETHEUS_URL, PROMETHEUS_USERNAME, PROMETHEUS_PASSWORD_FILE, PROMETHEUS_CA_FILE.")
-    serve.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT",
-                       help="address to listen on (default %(default)s)")
+    serve = commands.add_parser("serve", help="run the IMA HTTP service (ima/service.py)",
+                                description="Run the IMA HTTP service. Settings from --config (YAML, see "
+                                "edgelab/ima/config.py); PROMETHEUS_URL, PROMETHEUS_USERNAME, "
+                                "PROMETHEUS_PASSWORD_FILE and PROMETHEUS_CA_FILE override its prometheus section.")
+    serve.add_argument("--config", metavar="PATH", help="YAML settings (e.g. /etc/edgelab/ima.yml; "
+                       "default: the environment and the defaults only)")
+    serve.add_argument("--listen", default=None, metavar="HOST:PORT",
+                       help="address to listen on (default: the config's listen, 0.0.0.0:8010)")
     serve.add_argument("--query", default=None, metavar="PROMQL", help="candidate series (default: all)")
-    serve.add_argument("--max-upload-mib", type=float, default=16.0, metavar="MIB",
-                       help="largest YFile accepted (default %(default)s)")
+    serve.add_argument("--max-upload-mib", type=float, default=None, metavar="MIB",
+                       help="largest YFile accepted (default: the config's max_upload_bytes, 10 MiB)")
 
 
 def _fetch(args: argparse.Namespace, y: Table) -> Table:
@@ -138,25 +146,52 @@ def _quote(name: str) -> str:
     return '"%s"' % name.replace('"', '""') if any(c in name for c in ',"\n') else name
 
 
+def serve_config(args: argparse.Namespace) -> ImaConfig:
+    """The checked settings of `serve`: the config file, the environment, the options."""
+    from ..config import ConfigError
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    if args.listen is not None:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("--listen must be HOST:PORT, got %r" % args.listen)
+        cfg.listen = args.listen
+    if args.query:
+        cfg.prometheus.query = args.query
+    if args.max_upload_mib is not None:
+        if not args.max_upload_mib > 0:
+            raise ConfigError("--max-upload-mib must be > 0")
+        cfg.max_upload_bytes = int(args.max_upload_mib * 2**20)
+    return cfg
+
+
 def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ..config import ConfigError
     from ..prometheus import PrometheusClient
     from .service import create_app
-    from .source import ALL_SERIES
 
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("--listen must be HOST:PORT, got %r" % args.listen)
-    if not args.max_upload_mib > 0:
-        raise ConfigError("--max-upload-mib must be > 0")
+    cfg = serve_config(args)
+    p = cfg.prometheus
     try:
-        client = PrometheusClient.from_env()
-    except (ValueError, OSError) as exc:
-        raise ConfigError("Prometheus settings: %s" % exc) from None
-    app = create_app(lambda: client, query=args.query or ALL_SERIES, max_upload=int(args.max_upload_mib * 2**20))
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level=args.log_level.lower())
+        client = PrometheusClient(p.url, username=p.username or None, password_file=p.password_file or None,
+                                  ca_file=p.ca_file or None)
+    except OSError as exc:  # the password file (its name in the error) or the CA file (ssl names none)
+        key, path = ("password_file", p.password_file) if p.password_file and exc.filename == p.password_file \
+            else ("ca_file", p.ca_file)
+        raise ConfigError("cannot read prometheus.%s %s: %s" % (key, path, exc.strerror or exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("prometheus.password_file %s: not UTF-8 text" % p.password_file) from None
+    except ValueError as exc:
+        raise ConfigError("prometheus: %s" % exc) from None
+    try:
+        app = create_app(lambda: client, config=cfg)
+    except OSError as exc:
+        raise ConfigError("state_dir %s: %s" % (cfg.state_dir, exc.strerror or exc)) from None
+    host, port = cfg.host_port
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower())
 
 
 def start(args: argparse.Namespace) -> None:

@@ -29,12 +29,16 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .align import Dataset
 from .errors import LearnError, require_sklearn
 from .select import DEFAULT_METHOD, Selection, select
+
+if TYPE_CHECKING:
+    from .model import Forecaster
 
 BASELINES = ("persistence", "moving_average")
 MODELS = ("ridge", "hgb")
@@ -99,7 +103,37 @@ def _window_stats(series: np.ndarray, anchors: np.ndarray, window: int) -> list[
     return [last, recent, whole, change]
 
 
-def make_windows(x: np.ndarray, y: np.ndarray, names: Sequence[str], window: int, horizon: int) -> Windows:
+def window_features(x: np.ndarray, yf: np.ndarray, names: Sequence[str], anchors: np.ndarray, window: int,
+                    kpi_inputs: bool = True) -> tuple[np.ndarray, list[str]]:
+    """The feature matrix (s, p) float32 of the windows ending at `anchors` (each at
+    least window - 1), from metrics x (n, m) and the forward-filled KPI yf (n,); and
+    the feature names. With kpi_inputs, column 0 is the KPI's last value and column 2
+    its window mean; without, the features are the metrics' only."""
+    parts: list[np.ndarray] = []
+    feature_names: list[str] = []
+    kinds = ("last", "mean_recent", "mean_window", "change")
+    if kpi_inputs:
+        for kind, values in zip(kinds, _window_stats(yf[:, None], anchors, window), strict=False):
+            parts.append(values)
+            feature_names.append("kpi:%s" % kind)
+        for lag in (1, 2, 3):
+            if lag < window:
+                parts.append(yf[anchors - lag][:, None])
+                feature_names.append("kpi:lag%d" % lag)
+    if x.shape[1]:
+        for kind, values in zip(kinds, _window_stats(x, anchors, window), strict=False):
+            parts.append(values)
+            feature_names.extend("%s:%s" % (name, kind) for name in names)
+    features = np.empty((len(anchors), sum(p.shape[1] for p in parts)), dtype=np.float32)
+    column = 0
+    for part in parts:
+        features[:, column:column + part.shape[1]] = part
+        column += part.shape[1]
+    return features, feature_names
+
+
+def make_windows(x: np.ndarray, y: np.ndarray, names: Sequence[str], window: int, horizon: int,
+                 kpi_inputs: bool = True) -> Windows:
     """Every sample whose inputs exist and whose target was observed."""
     if window < 1 or horizon < 1:
         raise LearnError("window and horizon must be at least one step (window %d, horizon %d)" % (window, horizon))
@@ -113,28 +147,8 @@ def make_windows(x: np.ndarray, y: np.ndarray, names: Sequence[str], window: int
     anchors = anchors[usable]
     if len(anchors) == 0:
         raise LearnError("no window has both its inputs and an observed KPI %d steps later" % horizon)
-    parts: list[np.ndarray] = []
-    feature_names: list[str] = []
-    kinds = ("last", "mean_recent", "mean_window", "change")
-    y_col = yf[:, None]
-    for kind, values in zip(kinds, _window_stats(y_col, anchors, window), strict=False):
-        parts.append(values)
-        feature_names.append("kpi:%s" % kind)
-    for lag in (1, 2, 3):
-        if lag < window:
-            parts.append(yf[anchors - lag][:, None])
-            feature_names.append("kpi:lag%d" % lag)
-    if x.shape[1]:
-        stats = _window_stats(x, anchors, window)
-        for kind, values in zip(kinds, stats, strict=False):
-            parts.append(values)
-            feature_names.extend("%s:%s" % (name, kind) for name in names)
-    features = np.empty((len(anchors), sum(p.shape[1] for p in parts)), dtype=np.float32)
-    column = 0
-    for part in parts:
-        features[:, column:column + part.shape[1]] = part
-        column += part.shape[1]
-    whole = _window_stats(y_col, anchors, window)[2][:, 0]
+    features, feature_names = window_features(x, yf, names, anchors, window, kpi_inputs)
+    whole = _window_stats(yf[:, None], anchors, window)[2][:, 0]
     return Windows(features, y[anchors + horizon], yf[anchors], whole, anchors, feature_names, window, horizon)
 
 
@@ -214,6 +228,7 @@ class Evaluation:
     forecast: np.ndarray
     selection: Selection | None = None
     dropped: dict[str, str] = field(default_factory=dict)
+    model: Forecaster | None = None  # the chosen candidate, as evaluated (trained on the training part)
 
     @property
     def chosen_candidate(self) -> Candidate:
@@ -231,8 +246,8 @@ class Evaluation:
         }
 
 
-def _fit_ridge(features: np.ndarray, delta: np.ndarray, part: Split, windows: Windows
-               ) -> tuple[np.ndarray, np.ndarray, str]:
+def _fit_ridge(features: np.ndarray, delta: np.ndarray, part: Split, windows: Windows, offset: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, str, tuple[Any, Any]]:
     from scipy.linalg import LinAlgWarning
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
@@ -245,18 +260,19 @@ def _fit_ridge(features: np.ndarray, delta: np.ndarray, part: Split, windows: Wi
         with warnings.catch_warnings():  # near-collinear window features: the penalty is what handles them
             warnings.simplefilter("ignore", LinAlgWarning)
             model = Ridge(alpha=alpha).fit(train, delta)
-        guess = windows.last[part.validation] + model.predict(validation_x)
+        guess = offset[part.validation] + model.predict(validation_x)
         score = nmae(windows.target[part.validation], guess)
         if best is None or score < best[0]:
             best = (score, alpha, model)
     assert best is not None
     _score, alpha, model = best
-    return (windows.last[part.validation] + model.predict(validation_x),
-            windows.last[part.test] + model.predict(scaler.transform(features[part.test])), "alpha=%g" % alpha)
+    return (offset[part.validation] + model.predict(validation_x),
+            offset[part.test] + model.predict(scaler.transform(features[part.test])), "alpha=%g" % alpha,
+            (scaler, model))
 
 
-def _fit_hgb(features: np.ndarray, delta: np.ndarray, part: Split, windows: Windows, random_state: int,
-             threads: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _fit_hgb(features: np.ndarray, delta: np.ndarray, part: Split, offset: np.ndarray, random_state: int,
+             threads: int | None) -> tuple[np.ndarray, np.ndarray, str, tuple[Any, Any]]:
     from sklearn.ensemble import HistGradientBoostingRegressor
     from threadpoolctl import threadpool_limits
 
@@ -264,19 +280,28 @@ def _fit_hgb(features: np.ndarray, delta: np.ndarray, part: Split, windows: Wind
                                           l2_regularization=1.0, early_stopping=False, random_state=random_state)
     with threadpool_limits(limits=threads, user_api="openmp"):
         model.fit(features[part.train], delta)
-        return (windows.last[part.validation] + model.predict(features[part.validation]),
-                windows.last[part.test] + model.predict(features[part.test]), "100 trees, 15 leaves")
+        return (offset[part.validation] + model.predict(features[part.validation]),
+                offset[part.test] + model.predict(features[part.test]), "100 trees, 15 leaves",
+                (None, model))
 
 
 def evaluate(dataset: Dataset, horizon_seconds: float, window_seconds: float | None = None, *,
              k: int | None = None, method: str = DEFAULT_METHOD, models: Sequence[str] = MODELS,
-             fractions: Sequence[float] = FRACTIONS, random_state: int = 0, threads: int | None = 1) -> Evaluation:
+             fractions: Sequence[float] = FRACTIONS, random_state: int = 0, threads: int | None = 1,
+             kpi_inputs: bool = True) -> Evaluation:
     """Train every candidate on the training part, choose on validation, report test.
+
+    kpi_inputs=False: forecasts from the metrics alone, for a live stream that does
+    not carry the KPI. The models then learn the KPI itself (not its change), the one
+    choosable baseline is `training_mean` (the KPI's mean over the training targets),
+    and persistence and moving_average are reported as references only.
 
     With k, the K metrics are first selected on the training part's rows only.
     threads: OpenMP threads for the tree model (None: one per core). The default is
     one: with more busy processes than cores, OpenMP's waiting threads made a fit ten
     times slower on the shared 2-core machine."""
+    from .model import Forecaster
+
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise LearnError("unknown model %s (choose from %s)" % (", ".join(unknown), ", ".join(MODELS)))
@@ -294,24 +319,32 @@ def evaluate(dataset: Dataset, horizon_seconds: float, window_seconds: float | N
         train_rows = int(anchors[part.train].max()) + horizon + 1  # rows the training samples touch
         selection = select(x[:train_rows], dataset.y[:train_rows], names, k, method)
         names, x = selection.names, x[:, selection.indices]
-    windows = make_windows(x, dataset.y, names, window, horizon)
+    windows = make_windows(x, dataset.y, names, window, horizon, kpi_inputs)
     if not np.array_equal(windows.anchor, anchors):
         raise LearnError("metrics and KPI windows disagree")  # clean() leaves no gap in metrics
     target = windows.target
     candidates: list[Candidate] = []
     results: dict[str, np.ndarray] = {}
-    for name, guess in (("persistence", windows.last), ("moving_average", windows.mean)):
-        candidates.append(Candidate(name, "baseline", nmae(target[part.validation], guess[part.validation]),
-                                    nmae(target[part.test], guess[part.test]), 0.0,
-                                    "last value" if name == "persistence" else "mean of %d steps" % window))
+    fitted: dict[str, tuple[Any, Any]] = {}
+    level = float(np.mean(target[part.train]))
+    references: list[tuple[str, np.ndarray, str]] = [
+        ("persistence", windows.last, "last value"), ("moving_average", windows.mean, "mean of %d steps" % window)]
+    if not kpi_inputs:
+        references.insert(0, ("training_mean", np.full(len(target), level), "KPI mean of the training part"))
+    for name, guess, detail in references:
+        kind = "baseline" if kpi_inputs or name == "training_mean" else "reference"
+        candidates.append(Candidate(name, kind, nmae(target[part.validation], guess[part.validation]),
+                                    nmae(target[part.test], guess[part.test]), 0.0, detail))
         results[name] = guess[part.test]
-    delta = (target - windows.last)[part.train]
+    offset = windows.last if kpi_inputs else np.zeros(len(target))
+    delta = (target - offset)[part.train]
     for name in models:
         started = time.perf_counter()
         if name == "ridge":
-            validation, test, detail = _fit_ridge(windows.features, delta, part, windows)
+            validation, test, detail, fitted[name] = _fit_ridge(windows.features, delta, part, windows, offset)
         else:
-            validation, test, detail = _fit_hgb(windows.features, delta, part, windows, random_state, threads)
+            validation, test, detail, fitted[name] = _fit_hgb(windows.features, delta, part, offset,
+                                                              random_state, threads)
         seconds = time.perf_counter() - started
         candidates.append(Candidate(name, "model", nmae(target[part.validation], validation),
                                     nmae(target[part.test], test), seconds, detail))
@@ -330,9 +363,13 @@ def evaluate(dataset: Dataset, horizon_seconds: float, window_seconds: float | N
         note = "model %s chosen: validation NMAE %.4f vs best baseline %s %.4f" % (
             chosen.name, chosen.validation_nmae, best_baseline.name, best_baseline.validation_nmae)
     test_anchor = windows.anchor[part.test]
+    scaler, estimator = fitted.get(chosen.name, (None, None))
+    model = Forecaster(kind=chosen.name, target=dataset.target, names=list(names), step=step, window=window,
+                       horizon=horizon, scaler=scaler, estimator=estimator, test_nmae=chosen.test_nmae,
+                       kpi_inputs=kpi_inputs, level=level)
     return Evaluation(
         target=dataset.target, step=step, horizon=horizon, window=window, features=names,
         counts={"train": len(part.train), "validation": len(part.validation), "test": len(part.test)},
         gap=part.gap, candidates=candidates, chosen=chosen.name, note=note,
         timestamps=dataset.timestamps[test_anchor + horizon], actual=target[part.test],
-        forecast=results[chosen.name], selection=selection, dropped=dict(dataset.dropped))
+        forecast=results[chosen.name], selection=selection, dropped=dict(dataset.dropped), model=model)

@@ -1,4 +1,7 @@
 """edgelab-sro: how well can a KPI be forecast H seconds ahead from these metrics?
+And the SRO service that forecasts it live and acts on the forecast.
+
+    edgelab-sro serve [--config /etc/edgelab/sro.yml]
 
     edgelab-sro evaluate --dataset data.csv --target latency_ms --horizon 30s \\
         [--features m1 m2 ...] [--k 15] [--window 2m] [--report r.json] [--predictions p.csv]
@@ -24,16 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from collections.abc import Sequence
 
 from .. import cli
+from ..config import ConfigError
 from ..learn.align import MIN_COVERAGE, from_table
 from ..learn.duration import parse_duration
 from ..learn.errors import LearnError
 from ..learn.forecast import MODELS, Evaluation, evaluate
 from ..learn.select import DEFAULT_METHOD, METHODS
 from ..learn.tables import Table, read_table
+from .config import SRO_CONFIG, load_config
 
 PROG = "edgelab-sro"
 
@@ -67,8 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--timestamp-column", metavar="NAME", help="timestamp column (default: the first)")
     ev.add_argument("--min-coverage", type=float, default=MIN_COVERAGE, metavar="FRACTION",
                     help="drop metrics with values at fewer of the KPI's points (default %(default)s)")
+    ev.add_argument("--metrics-only", action="store_true",
+                    help="forecast from the metrics alone, not the KPI's own recent values (as the SRO service "
+                         "does with kpi_in_stream: false)")
     ev.add_argument("--report", metavar="FILE", help="write the evaluation as JSON")
     ev.add_argument("--predictions", metavar="FILE", help="write timestamp,actual,forecast for every test sample")
+    serve = commands.add_parser("serve", help="run the SRO service (HTTP, see docs/ima-sro.md)",
+                                description="Run the SRO service (FastAPI; OpenAPI at /docs).")
+    serve.add_argument("--config", default=SRO_CONFIG, metavar="PATH", help="YAML settings (default %(default)s)")
 
 
 def print_table(result: Evaluation) -> None:
@@ -90,7 +102,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         window = parse_duration(args.window) if args.window else None
         table = load(args.dataset, args.timestamp_column)
         data = from_table(table, args.target, args.features, min_coverage=args.min_coverage)
-        result = evaluate(data, horizon, window, k=args.k, method=args.method, models=args.models)
+        result = evaluate(data, horizon, window, k=args.k, method=args.method, models=args.models,
+                          kpi_inputs=not args.metrics_only)
     except LearnError as exc:
         raise cli.InputError(str(exc)) from None
     print_table(result)
@@ -103,9 +116,33 @@ def run_evaluate(args: argparse.Namespace) -> None:
         cli.write_atomic(args.predictions, "\n".join(lines) + "\n")
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    try:
+        import uvicorn
+
+        from .service import create_app
+    except ImportError as exc:
+        raise ConfigError("the SRO service needs the package's sro extra (pip install 'edgelab-agents[sro]'): %s"
+                          % exc) from None
+    try:
+        with socket.create_server((cfg.listen_host, cfg.listen_port)):
+            pass  # a busy port is a config error (exit 2), not uvicorn's log line and exit 1
+    except OSError as exc:
+        raise ConfigError("listen %s:%d: %s" % (cfg.listen_host, cfg.listen_port, exc.strerror or exc)) from None
+    try:
+        app = create_app(cfg)
+    except OSError as exc:
+        raise ConfigError(str(exc)) from None
+    uvicorn.run(app, host=cfg.listen_host, port=cfg.listen_port, log_level=args.log_level.lower(),
+                access_log=args.log_level == "DEBUG")
+
+
 def start(args: argparse.Namespace) -> None:
     if args.command == "evaluate":
         run_evaluate(args)
+    elif args.command == "serve":
+        run_serve(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

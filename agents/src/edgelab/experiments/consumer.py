@@ -1,0 +1,435 @@
+"""edgelab-consumer: object detection on the frames topic, results to the results topic.
+
+One process is one member of a Kafka consumer group (--group) on the frames topic;
+systemd instance N of edgelab-consumer@ runs `--instance N`, and the cluster agent
+scales the group by starting and stopping instances. Each frame (binary PPM as the
+feeder sends it, .npy, or an image file Pillow reads) is letterboxed and run through a
+YOLO-format ONNX model with ONNX Runtime (--model FILE, or the current model of
+--exp-id in the node's model store --model-store DIR); boxes are decoded and
+suppressed (NMS) in numpy. For every frame one JSON record goes to the results topic,
+keyed like the frame:
+
+    {"frame": "feeder-17", "partition": 3, "offset": 120, "consumer": "edgelab-consumer@2",
+     "model": {"name": ..., "version": ...}, "frame_bytes": 921615, "width": 640, "height": 480,
+     "produced": T0, "received": T1, "inference_start": T2, "inference_end": T3, "published": T4,
+     "detections": [{"box": [x1, y1, x2, y2], "score": 0.61, "class": 3}, ...], "error": null}
+
+(times: epoch seconds, UTC; `produced` is the frame record's Kafka timestamp).
+Offsets are committed after a poll's results were acknowledged by the broker, so a
+consumer that dies mid-batch loses nothing: its uncommitted frames are processed
+again by whoever gets the partition (at-least-once; duplicates are possible).
+
+/metrics (default port 9466 + N - 1, --metrics-port) exposes frames processed, frame
+errors, detections, the inference and end-to-end latency histograms, per-stage time
+and the group lag of this member's partitions.
+
+Kafka settings are the cluster agent's: --bootstrap HOST:PORT[,...], --security-protocol,
+--sasl-mechanism, --sasl-username, --sasl-password-file (read from the file, never taken
+on the command line), --ssl-cafile. SIGTERM finishes the current batch, commits, exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import cli
+from ..config import SASL_MECHANISMS, SECURITY_PROTOCOLS, ConfigError
+from ..kafka import GroupConsumer, KafkaSettings
+from .yolo import FrameError, letterbox, postprocess, read_frame
+
+log = logging.getLogger(__name__)
+
+PROG = "edgelab-consumer"
+BASE_METRICS_PORT = 9466  # the `consumers` scrape job's port of instance 1
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGES = ("poll", "decode", "inference", "postprocess", "publish")
+
+
+# ---------------------------------------------------------------- the model
+@dataclass
+class Model:
+    session: Any
+    input_name: str
+    size: int
+    name: str
+    version: str
+    path: str
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: tensor})[0])
+
+
+def load_model(path: str, *, threads: int, name: str | None = None, version: str | None = None,
+               size: int | None = None) -> Model:
+    """An ONNX Runtime session on the CPU with `threads` threads; name and version from
+    the arguments, else the model's metadata (name, version), else the file name and
+    the model's model_version."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise ConfigError(f"model {path}: no such file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        raise ConfigError(f"model {path}: {' '.join(str(exc).split())[:300]}") from None
+    inputs = session.get_inputs()
+    shape = inputs[0].shape
+    if len(shape) != 4 or shape[1] not in (3, "3"):
+        raise ConfigError(f"model {path}: input {inputs[0].name} has shape {shape}, not [1, 3, S, S]")
+    fixed = [d for d in shape[2:] if isinstance(d, int)]
+    if fixed and (len(fixed) != 2 or fixed[0] != fixed[1]):
+        raise ConfigError(f"model {path}: input {shape} is not square")
+    input_size = fixed[0] if fixed else (size or 640)
+    if size and fixed and size != input_size:
+        raise ConfigError(f"--imgsz {size} but model {path} takes {input_size}x{input_size}")
+    outputs = session.get_outputs()[0].shape
+    if len(outputs) != 3 or (isinstance(outputs[1], int) and outputs[1] < 5):
+        raise ConfigError(f"model {path}: output shape {outputs} is not YOLO's [1, 4 + classes, anchors]")
+    meta = session.get_modelmeta()
+    props = meta.custom_metadata_map or {}
+    return Model(session=session, input_name=inputs[0].name, size=int(input_size),
+                 name=name or props.get("name") or Path(path).stem,
+                 version=version or props.get("version") or str(meta.version), path=path)
+
+
+def store_model(store_dir: str, exp_id: str) -> tuple[str, str, str]:
+    """(onnx file, name, version) of exp_id's current model in the node's model store."""
+    from ..node_api.store import ModelStore, StoreError
+
+    try:
+        current = ModelStore(store_dir).current(exp_id)
+    except StoreError as exc:
+        raise ConfigError(f"--exp-id: {exc}") from None
+    if current is None:
+        raise ConfigError(f"model store {store_dir} has no current model for {exp_id} "
+                          "(pull one through the node API first)")
+    files = sorted(Path(current.path).rglob("*.onnx"))
+    if not files:
+        raise ConfigError(f"model store {store_dir}: {exp_id} version {current.version} holds no .onnx file")
+    preferred = [f for f in files if f.name == "model.onnx"]
+    if len(files) > 1 and not preferred:
+        raise ConfigError(f"model store {store_dir}: {exp_id} version {current.version} holds several .onnx "
+                          f"files ({', '.join(f.name for f in files[:5])}) and none is model.onnx")
+    return str((preferred or files)[0]), current.name, current.version
+
+
+# ---------------------------------------------------------------- metrics
+class Metrics:
+    def __init__(self, consumer: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = {"consumer": consumer}
+        self.frames = Counter("edgelab_consumer_frames", "Frames processed and published",
+                              registry=self.registry, labelnames=["consumer"]).labels(**labels)
+        self.errors = Counter("edgelab_consumer_frame_errors", "Frames that could not be decoded",
+                              registry=self.registry, labelnames=["consumer"]).labels(**labels)
+        self.detections = Counter("edgelab_consumer_detections", "Detections published",
+                                  registry=self.registry, labelnames=["consumer"]).labels(**labels)
+        self.inference = Histogram("edgelab_consumer_inference_seconds", "Model inference time per frame",
+                                   registry=self.registry, labelnames=["consumer"],
+                                   buckets=LATENCY_BUCKETS).labels(**labels)
+        self.end_to_end = Histogram("edgelab_consumer_end_to_end_seconds",
+                                    "From the frame's Kafka timestamp to its result's publication",
+                                    registry=self.registry, labelnames=["consumer"],
+                                    buckets=LATENCY_BUCKETS).labels(**labels)
+        self.stage = Counter("edgelab_consumer_stage_seconds", "Time spent per pipeline stage",
+                             registry=self.registry, labelnames=["consumer", "stage"])
+        self.lag = Gauge("edgelab_consumer_lag_records", "Records of this member's partitions not yet consumed",
+                         registry=self.registry, labelnames=["consumer"]).labels(**labels)
+        self.partitions = Gauge("edgelab_consumer_partitions", "Partitions assigned to this member",
+                                registry=self.registry, labelnames=["consumer"]).labels(**labels)
+        self.info = Gauge("edgelab_consumer_model_info", "The model in use (value 1)",
+                          registry=self.registry, labelnames=["consumer", "model", "version"])
+        self.consumer = consumer
+
+    def serve(self, address: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"metrics {address}:{port}: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------- processing
+@dataclass
+class Stages:
+    """Seconds per pipeline stage and frames, for the closing summary and the benchmark."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    frames: int = 0
+    errors: int = 0
+    inference_cpu: float = 0.0  # CPU seconds of the inference thread in model.run
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+
+class Detector:
+    """Turns one frame record into its result record (JSON bytes)."""
+
+    def __init__(self, model: Model, consumer: str, metrics: Metrics, *, conf: float, iou: float,
+                 max_detections: int) -> None:
+        self.model = model
+        self.consumer = consumer
+        self.metrics = metrics
+        self.conf, self.iou, self.max_detections = conf, iou, max_detections
+        self.stages = Stages()
+        metrics.info.labels(consumer, model.name, model.version).set(1)
+
+    def handle(self, record: Any, received: float) -> bytes:
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {
+            "frame": record.key.decode("utf-8", "replace") if record.key is not None else None,
+            "partition": record.partition, "offset": record.offset, "consumer": self.consumer,
+            "model": {"name": self.model.name, "version": self.model.version},
+            "frame_bytes": len(record.value or b""), "width": None, "height": None,
+            "produced": record.timestamp / 1000.0 if record.timestamp is not None else None,
+            "received": received, "inference_start": None, "inference_end": None,
+            "detections": [], "error": None,
+        }
+        try:
+            image = read_frame(record.value or b"")
+            tensor, geometry = letterbox(image, self.model.size)
+        except FrameError as exc:
+            result["error"] = str(exc)
+            self.stages.errors += 1
+            self.metrics.errors.inc()
+            self.stages.add("decode", time.perf_counter() - t0)
+            return self.finish(result)
+        result["width"], result["height"] = geometry.width, geometry.height
+        t1 = time.perf_counter()
+        cpu = time.thread_time()  # ONNX Runtime with one thread runs in this one
+        result["inference_start"] = time.time()
+        output = self.model.run(tensor)
+        result["inference_end"] = time.time()
+        t2 = time.perf_counter()
+        self.stages.inference_cpu += time.thread_time() - cpu
+        boxes, scores, classes = postprocess(output, geometry, conf=self.conf, iou=self.iou,
+                                             max_detections=self.max_detections)
+        result["detections"] = [
+            {"box": [round(float(v), 1) for v in box], "score": round(float(score), 4), "class": int(cls)}
+            for box, score, cls in zip(boxes, scores, classes, strict=True)]
+        t3 = time.perf_counter()
+        self.stages.add("decode", t1 - t0)
+        self.stages.add("inference", t2 - t1)
+        self.stages.add("postprocess", t3 - t2)
+        self.metrics.inference.observe(t2 - t1)
+        self.metrics.detections.inc(len(boxes))
+        return self.finish(result)
+
+    def finish(self, result: dict[str, Any]) -> bytes:
+        t0 = time.perf_counter()
+        result["published"] = now = time.time()
+        data = json.dumps(result, separators=(",", ":")).encode()
+        if result["produced"] is not None:
+            self.metrics.end_to_end.observe(max(0.0, now - result["produced"]))
+        self.stages.frames += 1
+        self.metrics.frames.inc()
+        self.stages.add("publish", time.perf_counter() - t0)
+        return data
+
+
+class PublishingConsumer(GroupConsumer):
+    """A group member whose commits wait for the results: a poll's records are handled,
+    their results acknowledged by the broker, and only then the offsets committed."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, group: str, producer: Any, results_topic: str,
+                 *, max_poll_records: int) -> None:
+        super().__init__(settings, topic, group, max_poll_records=max_poll_records)
+        self.producer = producer
+        self.results_topic = results_topic
+
+    def poll_batch(self, handle: Callable[[Any, float], bytes], stages: Stages, timeout_ms: int = 500) -> int:
+        t0 = time.perf_counter()
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        received = time.time()
+        stages.add("poll", time.perf_counter() - t0)
+        futures = []
+        for records in batches.values():
+            for record in records:
+                value = handle(record, received)
+                t1 = time.perf_counter()
+                futures.append(self.producer.send(self.results_topic, key=record.key, value=value))
+                stages.add("publish", time.perf_counter() - t1)
+        if not futures:
+            return 0
+        t1 = time.perf_counter()
+        self.producer.flush(timeout=60)
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(futures)} results were not acknowledged by the broker "
+                               f"({' '.join(str(failed[0].exception).split())[:200]}); offsets not committed")
+        self._consumer.commit()
+        stages.add("publish", time.perf_counter() - t1)
+        self.handled += len(futures)
+        return len(futures)
+
+    def lag(self) -> int | None:
+        """Records between this member's positions and the partitions' high watermarks."""
+        total, known = 0, False
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            total += max(0, high - self._consumer.position(tp))
+            known = True
+        return total if known else None
+
+
+# ---------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="FILE", help="YOLO-format ONNX model ([1,3,S,S] -> [1,4+C,N])")
+    model.add_argument("--model-store", metavar="DIR", help="the node's model store (with --exp-id)")
+    model.add_argument("--exp-id", help="use the current model of this experiment in --model-store")
+    model.add_argument("--model-name", help="name to publish (default: the model's metadata, or the file name)")
+    model.add_argument("--model-version", help="version to publish (default: the model's metadata)")
+    model.add_argument("--imgsz", type=int, help="input side for models with a dynamic input (default 640)")
+    model.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    model.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    model.add_argument("--max-detections", type=int, default=100, help="per frame (default 100)")
+    model.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1: one core)")
+    group = parser.add_argument_group("group")
+    group.add_argument("--instance", type=int, default=1, help="this consumer's number N, from 1 (the unit's %%i)")
+    group.add_argument("--group", default="edgelab-detectors", help="consumer group (default edgelab-detectors)")
+    group.add_argument("--max-poll-records", type=int, default=8,
+                       help="frames per poll and commit (default 8: short batches let the group rebalance fast)")
+    group.add_argument("--max-frames", type=int, help="exit after this many frames (default: run until stopped)")
+    group.add_argument("--idle-exit", type=float, metavar="SECONDS",
+                       help="exit after this long without frames while holding partitions, counted from the "
+                            "last frame or rebalance (default: run until stopped)")
+    kafka = parser.add_argument_group("kafka")
+    kafka.add_argument("--bootstrap", required=True, metavar="HOST:PORT[,...]", help="Kafka bootstrap servers")
+    kafka.add_argument("--topic", default="edgelab.frames", help="frames topic (default edgelab.frames)")
+    kafka.add_argument("--results-topic", default="edgelab.detections",
+                       help="results topic (default edgelab.detections)")
+    kafka.add_argument("--security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS)
+    kafka.add_argument("--sasl-mechanism", default="SCRAM-SHA-512", choices=SASL_MECHANISMS)
+    kafka.add_argument("--sasl-username")
+    kafka.add_argument("--sasl-password-file", metavar="FILE", help="file holding the SASL password")
+    kafka.add_argument("--ssl-cafile", metavar="FILE", help="CA bundle for SSL and SASL_SSL")
+    out = parser.add_argument_group("metrics")
+    out.add_argument("--metrics-address", default="0.0.0.0", help="/metrics address (default 0.0.0.0)")
+    out.add_argument("--metrics-port", type=int,
+                     help="/metrics port (default %d + instance - 1; 0: no /metrics)" % BASE_METRICS_PORT)
+    out.add_argument("--report", metavar="FILE", help="write the closing summary as JSON")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if bool(args.model) == bool(args.model_store or args.exp_id):
+        raise cli.InputError("give either --model FILE or --model-store DIR with --exp-id")
+    if bool(args.model_store) != bool(args.exp_id):
+        raise cli.InputError("--model-store and --exp-id go together")
+    checks = [("--instance", args.instance >= 1, ">= 1"), ("--threads", args.threads >= 1, ">= 1"),
+              ("--conf", 0.0 <= args.conf <= 1.0, "from 0 to 1"), ("--iou", 0.0 <= args.iou <= 1.0, "from 0 to 1"),
+              ("--max-detections", args.max_detections >= 1, ">= 1"),
+              ("--max-poll-records", args.max_poll_records >= 1, ">= 1"),
+              ("--max-frames", args.max_frames is None or args.max_frames >= 1, ">= 1"),
+              ("--idle-exit", args.idle_exit is None or args.idle_exit > 0, "> 0"),
+              ("--imgsz", args.imgsz is None or (args.imgsz >= 32 and args.imgsz % 32 == 0), "a multiple of 32"),
+              ("--metrics-port", args.metrics_port is None or 0 <= args.metrics_port <= 65535, "from 0 to 65535")]
+    for flag, ok, rule in checks:
+        if not ok:
+            raise cli.InputError(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
+
+
+def start(args: argparse.Namespace) -> None:
+    from kafka import KafkaProducer  # type: ignore[import-untyped, unused-ignore]
+    from kafka.errors import KafkaError  # type: ignore[import-untyped, unused-ignore]
+
+    from .feeder import kafka_settings
+
+    check_args(args)
+    name = f"{PROG}@{args.instance}"
+    if args.model:
+        path, model_name, version = args.model, args.model_name, args.model_version
+    else:
+        path, model_name, version = store_model(args.model_store, args.exp_id)
+        model_name, version = args.model_name or model_name, args.model_version or version
+    model = load_model(path, threads=args.threads, name=model_name, version=version, size=args.imgsz)
+    settings = dataclasses.replace(kafka_settings(args), client_id=name)
+    metrics = Metrics(name)
+    port = BASE_METRICS_PORT + args.instance - 1 if args.metrics_port is None else args.metrics_port
+    if port:
+        metrics.serve(args.metrics_address, port)
+    detector = Detector(model, name, metrics, conf=args.conf, iou=args.iou, max_detections=args.max_detections)
+    try:
+        producer = KafkaProducer(**settings.client_config(), acks=1, linger_ms=5, max_block_ms=10_000)
+        consumer = PublishingConsumer(settings, args.topic, args.group, producer, args.results_topic,
+                                      max_poll_records=args.max_poll_records)
+    except KafkaError as exc:
+        raise ConfigError(f"kafka {args.bootstrap}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    log.info("%s: %s v%s (%dx%d, %d thread%s) on %s, group %s, results to %s, /metrics on %s", name, model.name,
+             model.version, model.size, model.size, args.threads, "" if args.threads == 1 else "s", args.topic,
+             args.group, args.results_topic, port or "none")
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    busy_cpu_started: float | None = None
+    last_frame = started
+    exported = dict.fromkeys(STAGES, 0.0)
+    assigned: set[int] = set()
+    try:
+        while not stopping:
+            before_poll = time.process_time()
+            count = consumer.poll_batch(detector.handle, detector.stages)
+            now = time.monotonic()
+            if count:
+                last_frame = now
+                if busy_cpu_started is None:  # from the poll that brought the first frame
+                    busy_cpu_started = before_poll
+            lag = consumer.lag()
+            if lag is not None:
+                metrics.lag.set(lag)
+            assignment = consumer.assignment()
+            if assignment != assigned:  # a rebalance: idle time counts from here
+                assigned, last_frame = assignment, now
+                log.info("%s: partitions %s of %s", name, ",".join(map(str, sorted(assignment))) or "none",
+                         args.topic)
+            metrics.partitions.set(len(assignment))
+            for stage, seconds in detector.stages.seconds.items():
+                metrics.stage.labels(name, stage).inc(seconds - exported[stage])
+                exported[stage] = seconds
+            if args.max_frames and consumer.handled >= args.max_frames:
+                break
+            if args.idle_exit and assigned and now - last_frame >= args.idle_exit:
+                break
+    finally:
+        consumer.close()
+        producer.close(timeout=10)
+    summary = {"consumer": name, "model": model.name, "version": model.version, "frames": detector.stages.frames,
+               "errors": detector.stages.errors, "seconds": round(time.monotonic() - started, 3),
+               "stage_seconds": {k: round(v, 4) for k, v in detector.stages.seconds.items()},
+               "cpu_seconds": round(time.process_time() - cpu_started, 4),
+               "cpu_seconds_since_first_frame": round(time.process_time() - (busy_cpu_started or cpu_started), 4),
+               "inference_cpu_seconds": round(detector.stages.inference_cpu, 4)}
+    log.info("%s: %d frames (%d errors) in %.1f s", name, summary["frames"], summary["errors"], summary["seconds"])
+    if args.report:
+        cli.write_atomic(args.report, json.dumps(summary, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(PROG, start, argv, description=__doc__, add_arguments=add_arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
