@@ -18,6 +18,12 @@ from pathlib import Path
 import pytest
 
 LAB = ["-e", "lab_name=tlife", "-e", "lab_subnet=10.213.251.0/24", "-e", "lab_hosts=2"]
+# The MLOps layer (Postgres, Redis, MLflow, Airflow, node API) and the IMA/SRO
+# are converged, re-run with changed=0 and verified by molecule's mlops and
+# monitoring scenarios; here they are left out so that CI stays within its
+# time budget (docs/benchmarks.md, "CI budget"). Everything else in site.yml
+# runs.
+SITE = ["playbooks/site.yml", "--skip-tags", "mlops,ima_sro"]
 HOSTS = ("tlife1", "tlife2")
 
 pytestmark = pytest.mark.skipif(
@@ -74,17 +80,17 @@ def test_site_converges_then_is_idempotent_and_check_mode_clean(lab, playbook):
     up, inv, _ = lab
     assert up.rc == 0
     t0 = time.monotonic()
-    first = playbook("-i", inv, "playbooks/site.yml")
+    first = playbook("-i", inv, *SITE)
     print(f"site converge: {time.monotonic() - t0:.1f}s")
     assert first.rc == 0, first.output[-5000:]
     t0 = time.monotonic()
-    second = playbook("-i", inv, "playbooks/site.yml")
+    second = playbook("-i", inv, *SITE)
     print(f"site no-op re-run: {time.monotonic() - t0:.1f}s")
     assert second.rc == 0, second.output[-5000:]
     recap = second.recap()
     assert set(recap) >= set(HOSTS) and "tlife3" not in recap
     assert all(r["changed"] == 0 for r in recap.values()), "\n".join(changed_tasks(second.output))
-    check = playbook("-i", inv, "playbooks/site.yml", "--check", "--diff")
+    check = playbook("-i", inv, *SITE, "--check", "--diff")
     assert check.rc == 0, check.output[-5000:]
     assert all(r["changed"] == 0 and r["failed"] == 0 for r in check.recap().values()), (
         "\n".join(changed_tasks(check.output)) + check.output[-3000:])
