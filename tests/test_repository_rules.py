@@ -71,10 +71,6 @@ class Allowed:
 ALLOWED: list[Allowed] = [
     Allowed("molecule/mlops/verify_airflow.yml", "default password assigned",
             "checks that seed 002's stock Airflow login is refused"),
-    Allowed("molecule/mlops/verify_mlflow.yml", "default password assigned",
-            "checks that the stock admin password of older MLflow releases is refused"),
-    Allowed("molecule/mlops/verify_mlflow.yml", "default password literal",
-            "checks that the stock admin password of older MLflow releases is refused"),
     Allowed("tests/test_kubernetes.py", "kubeadm bootstrap token",
             "kubeadm's documented example token, rendered into a join file in a temporary directory"),
 ]
