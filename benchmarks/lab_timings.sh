@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
 # Lab and role-base timings, on a lab of its own ("bench", 10.213.252.0/24).
-#   benchmarks/lab_timings.sh           image and package caches as they are
-#   benchmarks/lab_timings.sh --cold    empty caches in a temporary directory
-#                                       (debootstrap downloads from the mirror)
+#   benchmarks/lab_timings.sh [--cold] [--knobs] [SITE_ARGS...]
+#     --cold    empty image and package caches in a temporary directory
+#               (debootstrap downloads from the mirror)
+#     --knobs   also the no-op re-run with pipelining off, with ControlPersist
+#               off and with fact caching off, one at a time, in the same run
+#     SITE_ARGS passed to every site.yml run (e.g. --skip-tags mlops)
 # Prints one line per step; the baseline, measured in the same run, is an
 # `ansible -m ping` of the lab's hosts (Ansible's fixed cost on this machine),
-# and every converge figure is also printed as a ratio to it.
+# and every converge figure is also printed as a ratio to it. After the
+# converge: the time per role (ansible.posix.profile_roles) and the overhead
+# per task and host of the no-op re-run (its time / the task results it made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_NOCOLOR=1
 inv=$(mktemp -d)
 args=(-e lab_name=bench -e lab_subnet=10.213.252.0/24 -e "lab_inventory_dir=$inv")
-cache=""
-if [ "${1:-}" = "--cold" ]; then
+cache="" cold="" knobs=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cold) cold=1; shift ;;
+    --knobs) knobs=1; shift ;;
+    *) break ;;
+  esac
+done
+site_args=("$@")
+if [ -n "$cold" ]; then
   cache=$(mktemp -d)
   args+=(-e "lab_cache_dir=$cache")
 fi
+export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks,ansible.posix.profile_roles
 log=$(mktemp)
 cleanup() {
   ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent >/dev/null 2>&1 || true
@@ -35,10 +49,26 @@ timed() { # LABEL COMMAND... ; prints "LABEL: N.Ns" and keeps the seconds in $se
 recap() { grep -E '^bench[0-9]+ +:' "$log" | awk '{c+=substr($4,9); f+=substr($6,8)} END {printf "  (changed=%d failed=%d)", c, f}'; }
 
 ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent >/dev/null 2>&1 || true
-timed "lab up, ${1:---cached} (3 hosts)" ansible-playbook playbooks/lab.yml "${args[@]}"; echo
+timed "lab up, $([ -n "$cold" ] && echo cold || echo cached) (3 hosts)" ansible-playbook playbooks/lab.yml "${args[@]}"; echo
 timed "baseline: ansible ping, 3 hosts" ansible -i "$inv" nucs -m ansible.builtin.ping; base=$secs; echo
 ratio() { awk -v s="$secs" -v b="$base" 'BEGIN {printf "  = %.1f x baseline", s / b}'; }
-timed "site.yml converge (base)" ansible-playbook -i "$inv" playbooks/site.yml; ratio; recap; echo
-timed "site.yml no-op re-run" ansible-playbook -i "$inv" playbooks/site.yml; ratio; recap; echo
-timed "site.yml --check --diff" ansible-playbook -i "$inv" playbooks/site.yml --check --diff; ratio; recap; echo
+# Task results of the last run, all hosts: ok (changed ones included) + failed + skipped.
+results() { grep -E '^bench[0-9]+ +:' "$log" | awk '{for (i = 3; i <= NF; i++) {split($i, kv, "="); if (kv[1] == "ok" || kv[1] == "failed" || kv[1] == "skipped") n += kv[2]}} END {print n}'; }
+roles() { # the ROLES RECAP block profile_roles prints (tasks outside roles count by module)
+  awk '/^ROLES RECAP/ {r = 1; next} r && /^total / {exit} r && / ---+ +[0-9.]+s *$/ {
+         t = $NF; sub(/s$/, "", t); name = $0; sub(/ ---+.*$/, "", name); printf "    %-44s %8.1fs\n", name, t}' "$log"
+}
+timed "site.yml converge" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+echo "  time per role (profile_roles):"; roles
+timed "site.yml no-op re-run" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap
+n=$(results); awk -v s="$secs" -v n="$n" 'BEGIN {printf "  %d task results, %.0f ms per task and host\n", n, 1000 * s / n}'
+timed "site.yml --check --diff" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}" --check --diff; ratio; recap; echo
+if [ -n "$knobs" ]; then
+  timed "no-op re-run, pipelining off" env ANSIBLE_PIPELINING=False \
+    ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+  timed "no-op re-run, ControlPersist off" env ANSIBLE_SSH_ARGS="-o ControlMaster=no -o PreferredAuthentications=publickey" \
+    ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+  timed "no-op re-run, fact caching off" env ANSIBLE_GATHERING=implicit ANSIBLE_CACHE_PLUGIN=ansible.builtin.memory \
+    ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+fi
 timed "lab down" ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent; echo

@@ -14,10 +14,11 @@ left alone. Every run ends with one line counting the skips.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
 from support.labtools import ansible_playbook
+from support.mlflow_server import MlflowServer, running_mlflow
 
 # Every `mlflow server` a test starts inherits this: MLflow's job runner (seven
 # huey consumer processes for its GenAI jobs) is not used by edgelab, as role
@@ -130,3 +131,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 @pytest.fixture(scope="session")
 def playbook():
     return ansible_playbook
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One `mlflow server` (support/mlflow_server.py) for every test that needs a plain
+    tracking server with served artifacts; started at its first use, stopped at the end
+    of the run. Tests name their models and experiments with unique_name()."""
+    pytest.importorskip("mlflow", reason="mlflow is not installed (requirements.txt)")
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server

@@ -5,7 +5,8 @@ keyed by the lock's sha256), so the DAG is parsed by the Airflow the hosts run.
 - Airflow's DagBag imports dags/ without errors and finds train_model with its task.
 - The task's body, run_trainer(), runs the real edgelab-train: a bad conf fails the
   task with AirflowFailException carrying the trainer's one-line reason; a good conf
-  against a real `mlflow server` returns the trainer's report (a promoted version).
+  against a real `mlflow server` (the run's shared one, fixture mlflow_server) returns
+  the trainer's report (a promoted version).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support.mlflow_server import MlflowServer, unique_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYVER = "%d.%d" % sys.version_info[:2]
@@ -65,61 +67,66 @@ def test_dagbag_imports_train_model(airflow_python: Path, tmp_path: Path) -> Non
     assert result == {"errors": {}, "tasks": ["train"], "schedule": "None"}
 
 
+# run_trainer() for each conf of a JSON object {key: conf}, in one Airflow interpreter
+# (its start, importing Airflow, is most of a call's time): {key: {"report": ...} or
+# {"failed": the AirflowFailException's message}}. Any other exception fails the script.
 RUN = ("import json, train_model\n"
        "from airflow.sdk.exceptions import AirflowFailException\n"
-       "try:\n"
-       "    print(json.dumps({'report': train_model.run_trainer(json.loads(%r), trainer=%r)}))\n"
-       "except AirflowFailException as exc:\n"
-       "    print(json.dumps({'failed': str(exc)}))\n")
+       "results = {}\n"
+       "for key, conf in json.loads(%r).items():\n"
+       "    try:\n"
+       "        results[key] = {'report': train_model.run_trainer(conf, trainer=%r)}\n"
+       "    except AirflowFailException as exc:\n"
+       "        results[key] = {'failed': str(exc)}\n"
+       "print(json.dumps(results))\n")
 
 
-@pytest.mark.parametrize(("conf", "reason"), [
+def run_trainer(python: Path, confs: dict[str, dict[str, str]], tmp_path: Path, **env: str) -> dict[str, Any]:
+    done = in_airflow(python, RUN % (json.dumps(confs), str(TRAINER)), tmp_path, **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(results) == sorted(confs), results
+    return results
+
+
+BAD_CONFS = [
     ({}, "conf needs 'dataset'"),
     ({"dataset": "/nonexistent/data.csv", "target": "y", "model_name": "m"}, "No such file or directory"),
     ({"dataset": "{good}", "target": "nope", "model_name": "m"}, "unknown column 'nope'"),
     ({"dataset": "{short}", "target": "y", "model_name": "m"}, "too few rows"),
-])
-def test_bad_conf_fails_the_task_with_one_line(airflow_python: Path, tmp_path: Path, conf: dict[str, str],
-                                               reason: str) -> None:
+]
+
+
+@pytest.fixture(scope="module")
+def bad_conf_results(airflow_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every conf of BAD_CONFS through run_trainer() (key: its index), in one interpreter."""
+    tmp_path = tmp_path_factory.mktemp("bad-conf")
     good = tmp_path / "good.csv"
     good.write_text("timestamp,x,y\n" + "".join("%d,%d,%d\n" % (1767225600 + i, i, 2 * i + 5) for i in range(100)))
     short = tmp_path / "short.csv"
     short.write_text("timestamp,x,y\n" + "".join("%d,%d,%d\n" % (1767225600 + i, i, 2 * i) for i in range(12)))
-    conf = {k: v.format(good=good, short=short) for k, v in conf.items()}
+    confs = {str(n): {k: v.format(good=good, short=short) for k, v in conf.items()}
+             for n, (conf, _reason) in enumerate(BAD_CONFS)}
     # A tracking URI nobody listens on: bad input must fail before anything talks to MLflow.
-    done = in_airflow(airflow_python, RUN % (json.dumps(conf), str(TRAINER)), tmp_path,
-                      MLFLOW_TRACKING_URI="http://127.0.0.1:9")
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return run_trainer(airflow_python, confs, tmp_path, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(("case", "reason"), [(str(n), reason) for n, (_conf, reason) in enumerate(BAD_CONFS)])
+def test_bad_conf_fails_the_task_with_one_line(bad_conf_results: dict[str, Any], case: str, reason: str) -> None:
+    result = bad_conf_results[case]
     assert "failed" in result, result
     assert result["failed"].startswith("edgelab-train: bad input: ") and reason in result["failed"]
     assert "\n" not in result["failed"]
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("mlflow", reason="mlflow is not installed (requirements.txt)")
-    sys.path.insert(0, str(ROOT / "tests" / "agents"))
-    try:
-        from test_train import start_server, stop
-    finally:
-        sys.path.pop(0)
-    proc, uri = start_server(tmp_path_factory.mktemp("mlflow"))
-    try:
-        yield uri
-    finally:
-        stop(proc)
-
-
-def test_good_conf_returns_the_trainers_report(airflow_python: Path, tmp_path: Path, tracking_uri: str) -> None:
+def test_good_conf_returns_the_trainers_report(airflow_python: Path, tmp_path: Path,
+                                               mlflow_server: MlflowServer) -> None:
     data = tmp_path / "data.csv"
     data.write_text("timestamp,x,noise,y\n" + "".join(
         "%d,%d,%d,%d\n" % (1767225600 + i, i % 17, (i * 7) % 5, 3 * (i % 17) + 1) for i in range(200)))
-    conf = {"dataset": str(data), "target": "y", "model_name": "dag-model"}
-    done = in_airflow(airflow_python, RUN % (json.dumps(conf), str(TRAINER)), tmp_path,
-                      MLFLOW_TRACKING_URI=tracking_uri)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    name = unique_name("dag-model")
+    conf = {"dataset": str(data), "target": "y", "model_name": name}
+    result = run_trainer(airflow_python, {"good": conf}, tmp_path, MLFLOW_TRACKING_URI=mlflow_server.uri)["good"]
     assert "report" in result, result
     assert result["report"]["version"] == "1" and result["report"]["promoted"] is True
-    assert result["report"]["model_name"] == "dag-model"
+    assert result["report"]["model_name"] == name

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -48,7 +49,7 @@ PLAYBOOK = """\
         src: "{role}/templates/{{{{ item }}}}.j2"
         dest: "{out}/{{{{ item }}}}"
         mode: "0600"
-      loop: [mlflow.env, basic_auth.ini, mlflow.service]
+      loop: [mlflow.env, basic_auth.ini, mlflow.service, mlflow-metrics.service]
 """
 
 
@@ -135,6 +136,60 @@ def test_unit_verifies_and_holds_no_secret(s3: Path, tmp_path: Path) -> None:
         assert host in hosts
     for secret in ("db/pa", "Adm1nGenerated", "f1askKey", "s3SecretKey0123", "postgresql://"):
         assert secret not in text
+
+
+METRICS = ROLE / "files" / "edgelab-mlflow-metrics"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_metrics_unit_verifies_and_runs_the_listener_as_mlflow(local: Path, tmp_path: Path) -> None:
+    text = (local / "mlflow-metrics.service").read_text()
+    for directive in ("User=mlflow", "ProtectSystem=strict", "NoNewPrivileges=yes", "--dir /var/lib/mlflow/metrics",
+                      "--port 5001", "MemoryMax="):
+        assert directive in text
+    assert "EnvironmentFile" not in text  # no secret: nothing to read
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\nexit 0\n")
+    python.chmod(0o755)
+    unit = tmp_path / "mlflow-metrics.service"
+    unit.write_text(text.replace("/opt/edgelab/mlflow/bin/python", str(python)))
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_metrics_listener_serves_what_the_workers_wrote(tmp_path: Path) -> None:
+    """The listener (roles/mlflow/files/edgelab-mlflow-metrics) on a directory that a
+    process in prometheus_client's multiprocess mode wrote, as MLflow's workers do."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    writer = ("from prometheus_client import Counter\n"
+              "Counter('mlflow_http_request_total', 'requests', ['method']).labels('GET').inc(3)\n")
+    subprocess.run([sys.executable, "-c", writer], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+                   check=True, timeout=60)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(METRICS), "--dir", str(metrics), "--listen", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            body = answer.read().decode()
+        assert 'mlflow_http_request_total{method="GET"} 3.0' in body
+        for path, method, code in (("/", "GET", 404), ("/api/2.0/mlflow/experiments/search", "GET", 404),
+                                   ("/metrics", "POST", 405)):
+            body_sent = b"" if method == "POST" else None
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=body_sent)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == code
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    bad = subprocess.run([sys.executable, str(METRICS), "--dir", str(tmp_path / "none"), "--port", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a directory" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_the_role_refuses_a_bad_bucket_and_s3_without_an_endpoint(tmp_path: Path) -> None:

@@ -243,6 +243,8 @@ def test_rules_render_with_the_experiment_interval(rendered):
     assert {"EdgelabTargetDown", "EdgelabDiskAlmostFull", "EdgelabDiskFilling", "EdgelabAgentSilent"} <= names
     down = next(r for g in alerts["groups"] for r in g["rules"] if r["alert"] == "EdgelabTargetDown")
     assert "{{ $labels.node }}" in down["annotations"]["summary"]
+    # Consumers the node agents stopped are down on purpose: no alert for them.
+    assert down["expr"] == 'up{job!="consumers"} == 0'
 
 
 def test_rule_files_pass_promtool(rendered):

@@ -6,31 +6,28 @@ whole dataset, selectors, CSV, resume after a killed run, and errors naming the 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from edgelab.experiments.extract import main as extract
 from edgelab.learn.tables import read_table
+from support.prometheus import backfill, needs_prometheus, running_prometheus
 
-PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 SAMPLES = 12_000
 SERIES = [("lab_cpu_seconds", {"cpu": "0", "mode": "idle"}), ("lab_cpu_seconds", {"cpu": "1", "mode": "idle"}),
           ("lab_cpu_busy_ratio", {"cpu": "0"}), ("lab_power_watts", {"zone": "package"}),
           ("lab_power_watts", {"zone": "dram"}), ("lab_power_peak_watts", {"zone": "package"}),
           ("other_latency_seconds", {"quantile": "0.99", "path": 'a"]]}b'})]
 
-pytestmark = pytest.mark.skipif(not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
-                                reason="no %s/%s (Debian package prometheus) on this machine" % (PROMETHEUS, PROMTOOL))
+pytestmark = needs_prometheus
 
 
 def column(name: str, labels: dict[str, str]) -> str:
@@ -49,43 +46,17 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     by_name: dict[str, list[int]] = {}
     for j, (name, _labels) in enumerate(SERIES):
         by_name.setdefault(name, []).append(j)
-    with (tmp / "history.om").open("w") as stream:
+
+    def write(stream: TextIO) -> None:
         for name, indexes in by_name.items():
             stream.write("# TYPE %s gauge\n" % name)
             for j in indexes:
                 labels = ",".join('%s="%s"' % (k, v.replace("\\", "\\\\").replace('"', '\\"'))
                                   for k, v in sorted(SERIES[j][1].items()))
                 stream.writelines("%s{%s} %r %d\n" % (name, labels, value(j, i), start + i) for i in range(SAMPLES))
-        stream.write("# EOF\n")
-    data = tmp / "data"
-    done = subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", str(tmp / "history.om"),
-                           str(data)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen([PROMETHEUS, "--config.file", str(tmp / "prometheus.yml"), "--storage.tsdb.path",
-                             str(data), "--storage.tsdb.retention.time", "30d",
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    url = "http://127.0.0.1:%d" % port
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()
-            time.sleep(0.3)
-        yield {"url": url, "start": start}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+
+    with running_prometheus(tmp, data=backfill(tmp, write)) as server:
+        yield {"url": server.url, "start": start}
 
 
 def args(prom: dict[str, object], out: Path, *extra: str) -> list[str]:

@@ -5,6 +5,7 @@ counted, rate within 5 % in every 10 s window)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def test_feeds_the_profile_within_5_percent_per_window(broker: str, tmp_path: Pa
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "report.json"
     (tmp_path / "two.yml").write_text("[0.4, 1.0]\n")
+    before = time.time()
     # Two breakpoints of 10 s: 16 then 40 Mbit/s, 320x240 frames (230,415 bytes).
     rc = main(["--max_mbps", "40", "--duration", "20", "--breakpoints", "2", "--profile", str(tmp_path / "two.yml"),
                "--frame-size", "320x240", "--bootstrap", broker, "--topic", "frames-rate", "--report", str(report),
@@ -132,6 +134,8 @@ def test_feeds_the_profile_within_5_percent_per_window(broker: str, tmp_path: Pa
     assert rc == 0, out
     summary = json.loads(report.read_text())
     assert summary["errors"] == 0 and summary["frames_acked"] == summary["frames_sent"] > 0
+    # The schedule's zero on the wall clock (the report's time axis starts there).
+    assert before <= summary["started"] <= before + 15
     assert [round(w["target_mbps"]) for w in summary["per_window"]] == [16, 40]
     assert all(abs(w["error_pct"]) <= 5.0 for w in summary["per_window"]), summary["per_window"]
     assert "2 of 2 windows within 5 %" in out

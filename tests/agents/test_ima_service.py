@@ -16,16 +16,14 @@ import asyncio
 import contextlib
 import http.server
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 import numpy as np
 import pytest
@@ -36,13 +34,13 @@ from edgelab.ima.config import build_config
 from edgelab.learn import synthetic
 from edgelab.xmpp import tls_context
 from support.agenttools import Xmpp
+from support.prometheus import backfill, needs_prometheus, running_prometheus
+from support.tansu import running_broker
 
-PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 SAMPLES = 3000  # at 1 s, ending ~1 minute ago
 TOPIC = "edgelab.metrics.selected"
 
-pytestmark = pytest.mark.skipif(not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
-                                reason="no %s/%s (Debian package prometheus) on this machine" % (PROMETHEUS, PROMTOOL))
+pytestmark = needs_prometheus
 
 
 def free_port() -> int:
@@ -66,61 +64,25 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     s = synthetic.service(SAMPLES, 10, step=1.0, informative=3, noisy_copies=0, seed=5, extras=False)
     end = float(int(time.time()) - 60)
     times = end - SAMPLES + 1 + np.arange(SAMPLES)
-    with (tmp / "history.om").open("w") as stream:
+
+    def write(stream: TextIO) -> None:
         for j, name in enumerate(s.names):
             metric = "lab_" + name
             stream.write("# TYPE %s gauge\n" % metric)
             stream.writelines('%s{instance="nuc1"} %.6g %d\n' % (metric, s.x[i, j], times[i]) for i in range(SAMPLES))
         stream.write("# TYPE lab_kpi gauge\n")
         stream.writelines('lab_kpi{slice="s1"} %.6g %d\n' % (s.y[i], times[i]) for i in range(SAMPLES))
-        stream.write("# EOF\n")
-    data = tmp / "data"
-    done = subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", str(tmp / "history.om"),
-                           str(data)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen([PROMETHEUS, "--config.file", str(tmp / "prometheus.yml"), "--storage.tsdb.path",
-                             str(data), "--storage.tsdb.retention.time", "30d",
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    url = "http://127.0.0.1:%d" % port
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()
-            time.sleep(0.3)
+
+    with running_prometheus(tmp, data=backfill(tmp, write)) as server:
         last = {'lab_%s{instance="nuc1"}' % n: float("%.6g" % s.x[-1, j]) for j, n in enumerate(s.names)}
-        yield {"url": url, "end": end, "informative": sorted('lab_%s{instance="nuc1"}' % n for n in s.informative),
-               "last": last, "times": times, "y": s.y}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        yield {"url": server.url, "end": end, "last": last, "times": times, "y": s.y,
+               "informative": sorted('lab_%s{instance="nuc1"}' % n for n in s.informative)}
 
 
 # ---------------------------------------------------------------- Kafka
 @pytest.fixture(scope="module")
 def broker() -> Iterator[str]:
-    from kafka.admin import KafkaAdminClient
-    from support.tansu import MISSING, running_tansu, tansu_binary
-
-    binary = tansu_binary()
-    if binary is None:
-        pytest.skip(MISSING)
-    with running_tansu(binary) as address:
-        admin = KafkaAdminClient(bootstrap_servers=address, client_id="edgelab-test")
-        try:
-            admin.create_topics({TOPIC: {"num_partitions": 1}})
-            admin.wait_for_topics([TOPIC], timeout_ms=20000)
-        finally:
-            admin.close()
+    with running_broker(TOPIC) as address:
         yield address
 
 
@@ -494,8 +456,6 @@ def metric(url: str, name: str, label: str) -> float:
 def test_stream_counts_failures_bounds_its_queue_and_reconnects(history: dict[str, Any],
                                                                 settings: dict[str, Any],
                                                                 tmp_path: Path) -> None:
-    from support.tansu import running_tansu, tansu_binary
-
     state = tmp_path / "state"
     (state / "selections" / "s7").mkdir(parents=True)
     metrics = history["informative"]
@@ -514,17 +474,7 @@ def test_stream_counts_failures_bounds_its_queue_and_reconnects(history: dict[st
         until(lambda: metric(url, "edgelab_ima_stream_records_total", 'outcome="dropped"') >= 3, 30,
               "records dropped from the full queue")
         assert metric(url, "edgelab_ima_stream_records_total", 'outcome="sent"') == 0
-        binary = tansu_binary()
-        assert binary is not None
-        from kafka.admin import KafkaAdminClient
-
-        with running_tansu(binary, port=port) as address:
-            admin = KafkaAdminClient(bootstrap_servers=address, client_id="edgelab-test")
-            try:
-                admin.create_topics({TOPIC: {"num_partitions": 1}})
-                admin.wait_for_topics([TOPIC], timeout_ms=20000)
-            finally:
-                admin.close()
+        with running_broker(TOPIC, port=port) as address:
             until(lambda: metric(url, "edgelab_ima_stream_records_total", 'outcome="sent"') >= 5, 60,
                   "records sent once the broker is there")
             records = read_topic(address, 5)

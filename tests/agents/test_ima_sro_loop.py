@@ -15,29 +15,26 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 import numpy as np
 import pytest
-from support.tansu import MISSING, free_port, running_tansu, tansu_binary
+from support.prometheus import backfill, needs_prometheus, running_prometheus
+from support.tansu import free_port, running_broker
 
-PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 SAMPLES = 1200  # 20 minutes of history at 1 s, ending two minutes ago
 METRICS_TOPIC, FORECASTS_TOPIC = "edgelab.metrics.selected", "edgelab.forecasts"
 LABELS = 'instance="nuc1",job="live"'
 NOISE = ["lab_m2", "lab_m3", "lab_m4", "lab_m5"]
 UPPER = 130.0
 
-pytestmark = pytest.mark.skipif(not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
-                                reason="no %s/%s (Debian package prometheus) on this machine" % (PROMETHEUS, PROMTOOL))
+pytestmark = needs_prometheus
 
 
 def kpi(m0: float, m1: float) -> float:
@@ -150,14 +147,13 @@ def history(tmp: Path) -> tuple[np.ndarray, np.ndarray]:
     m1 = 0.5 + 0.3 * np.sin(times / 60.0)
     series = {"lab_m0": m0, "lab_m1": m1, **{n: rng.uniform(0, 1, SAMPLES) for n in NOISE}}
     y = np.array([float("%.6g" % kpi(a, b)) for a, b in zip(m0, m1, strict=True)])
-    with (tmp / "history.om").open("w") as stream:
+
+    def write(stream: TextIO) -> None:
         for name, values in {**series, "lab_kpi": y}.items():
             stream.write("# TYPE %s gauge\n" % name)
             stream.writelines("%s{%s} %.6g %d\n" % (name, LABELS, v, t) for v, t in zip(values, times, strict=True))
-        stream.write("# EOF\n")
-    done = subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", str(tmp / "history.om"),
-                           str(tmp / "data")], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+
+    backfill(tmp, write)
     return times, y
 
 
@@ -165,47 +161,18 @@ def history(tmp: Path) -> tuple[np.ndarray, np.ndarray]:
 def prometheus(tmp_path: Path) -> Iterator[dict[str, Any]]:
     times, y = history(tmp_path)
     live, target = http_server(Live)
-    (tmp_path / "prometheus.yml").write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": "live", "honor_labels": True, "static_configs": [{"targets": [target]}]}]}))
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen([PROMETHEUS, "--config.file", str(tmp_path / "prometheus.yml"), "--storage.tsdb.path",
-                             str(tmp_path / "data"), "--storage.tsdb.retention.time", "30d",
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    url = "http://127.0.0.1:%d" % port
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+              "scrape_configs": [{"job_name": "live", "honor_labels": True, "static_configs": [{"targets": [target]}]}]}
     try:
-        def ready() -> bool:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        until(ready, 60, "Prometheus")
-        yield {"url": url, "times": times, "y": y, "tmp": tmp_path}
+        with running_prometheus(tmp_path, config=config) as server:
+            yield {"url": server.url, "times": times, "y": y, "tmp": tmp_path}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
         live.shutdown()
 
 
 @pytest.fixture
 def broker() -> Iterator[str]:
-    from kafka.admin import KafkaAdminClient
-
-    binary = tansu_binary()
-    if binary is None:
-        pytest.skip(MISSING)
-    with running_tansu(binary) as address:
-        admin = KafkaAdminClient(bootstrap_servers=address, client_id="edgelab-test")
-        try:
-            admin.create_topics({METRICS_TOPIC: {"num_partitions": 1}, FORECASTS_TOPIC: {"num_partitions": 1}})
-            admin.wait_for_topics([METRICS_TOPIC, FORECASTS_TOPIC], timeout_ms=20000)
-        finally:
-            admin.close()
+    with running_broker(METRICS_TOPIC, FORECASTS_TOPIC) as address:
         yield address
 
 

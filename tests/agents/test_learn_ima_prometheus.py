@@ -11,27 +11,25 @@ import http.server
 import io
 import itertools
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pytest
 from edgelab.ima.cli import main as ima
 from edgelab.ima.source import MAX_POINTS, time_pieces
 from edgelab.learn import synthetic
+from support.prometheus import backfill, needs_prometheus, running_prometheus
 
-PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 SAMPLES = 11_600  # at 1 s: more than one range query's 11,000 points
 
-pytestmark = pytest.mark.skipif(not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
-                                reason="no %s/%s (Debian package prometheus) on this machine" % (PROMETHEUS, PROMTOOL))
+pytestmark = needs_prometheus
 
 
 def free_port() -> int:
@@ -46,46 +44,22 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
     s = synthetic.service(SAMPLES, 12, step=1.0, informative=3, noisy_copies=0, seed=11, extras=False)
     start = float(int(time.time()) - 4 * 3600)  # whole seconds, in the past, inside the retention
     times = start + np.arange(SAMPLES)
-    # OpenMetrics: one family per metric, all of its samples in time order, then # EOF.
-    with (tmp / "history.om").open("w") as stream:
+
+    def write(stream: TextIO) -> None:
+        # OpenMetrics: one family per metric, all of its samples in time order.
         for j, name in enumerate(s.names):
             metric = "lab_" + name
             stream.write("# TYPE %s gauge\n" % metric)
             stream.writelines('%s{instance="nuc1"} %.6g %d\n' % (metric, s.x[i, j], times[i]) for i in range(SAMPLES))
-        stream.write("# EOF\n")
-    data = tmp / "data"
-    done = subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", str(tmp / "history.om"),
-                           str(data)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen([PROMETHEUS, "--config.file", str(tmp / "prometheus.yml"), "--storage.tsdb.path",
-                             str(data), "--storage.tsdb.retention.time", "30d",
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    url = "http://127.0.0.1:%d" % port
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()
-            time.sleep(0.3)
+
+    with running_prometheus(tmp, data=backfill(tmp, write)) as server:
         y = tmp / "y.csv"
         with y.open("w", newline="") as stream:
             writer = csv.writer(stream)
             writer.writerow(["timestamp", "latency_ms"])
             writer.writerows([[int(t), "%.3f" % v] for t, v in zip(times, s.y, strict=True)])
-        yield {"url": url, "y": str(y), "informative": ["lab_%s{instance=\"nuc1\"}" % n for n in s.informative],
+        yield {"url": server.url, "y": str(y), "informative": ["lab_%s{instance=\"nuc1\"}" % n for n in s.informative],
                "start": start}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_time_pieces_respect_the_point_limit() -> None:

@@ -34,7 +34,7 @@ import yaml
 from edgelab.models import MlflowModel, ModelError, load_model
 from edgelab.node_api.store import MlflowPuller, ModelStore, StoreError
 from support.agenttools import FakeSystemctl
-from support.mlflow_server import WIDTH, MlflowServer, free_port, register, running_mlflow
+from support.mlflow_server import WIDTH, MlflowServer, free_port, register
 
 BIN = Path(sys.executable).parent
 
@@ -203,12 +203,6 @@ def start_node_api(base: Path, tracking_uri: str, *, ports: int = 4, run_service
 mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (requirements.txt)")
 pytest.importorskip("fastapi", reason="fastapi is not installed (requirements.txt)")
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as server:
-        yield server
 
 
 @pytest.fixture

@@ -9,29 +9,27 @@ import csv
 import http.server
 import io
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pytest
 from edgelab.learn import synthetic
 from edgelab.sro.config import SlicePolicy, parse_config
 from edgelab.sro.orchestrate import ima_elasticity
-from support.tansu import MISSING, free_port, running_tansu, tansu_binary
+from support.mlflow_server import MlflowServer, unique_name
+from support.prometheus import backfill, needs_prometheus, running_prometheus
+from support.tansu import MISSING, free_port, running_broker, tansu_binary
 
-PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 SAMPLES, STEP = 1600, 5.0  # 2 h 13 min at 5 s: horizon 30 s = 6 steps, window 24 steps
 METRICS_TOPIC, FORECASTS_TOPIC = "edgelab.metrics.selected", "edgelab.forecasts"
 
-pytestmark = pytest.mark.skipif(not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
-                                reason="no %s/%s (Debian package prometheus) on this machine" % (PROMETHEUS, PROMTOOL))
+pytestmark = needs_prometheus
 
 
 class Receiver:
@@ -105,70 +103,41 @@ def upload(data: bytes) -> tuple[bytes, str]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Prometheus with history, the IMA, Tansu with both topics, receivers, and the
     SRO's settings (without the SRO itself)."""
-    binary = tansu_binary()
-    if binary is None:
+    if tansu_binary() is None:
         pytest.skip(MISSING)
     import uvicorn  # noqa: F401 - the service extra must be there
     from edgelab.ima.service import create_app as ima_app
     from edgelab.prometheus import PrometheusClient
-    from kafka.admin import KafkaAdminClient
 
     tmp = tmp_path_factory.mktemp("sro")
     s = synthetic.service(SAMPLES, 10, step=STEP, informative=3, noisy_copies=0, seed=22, extras=False)
     start = float(int(time.time() // STEP * STEP) - 3 * 3600)
     times = start + np.arange(SAMPLES) * STEP
-    with (tmp / "history.om").open("w") as stream:
+
+    def write(stream: TextIO) -> None:
         for j, name in enumerate(s.names):
             stream.write("# TYPE lab_%s gauge\n" % name)
             stream.writelines('lab_%s{instance="nuc1"} %.6g %d\n' % (name, s.x[i, j], times[i]) for i in range(SAMPLES))
-        stream.write("# EOF\n")
-    data = tmp / "data"
-    done = subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "-q", str(tmp / "history.om"),
-                           str(data)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen([PROMETHEUS, "--config.file", str(tmp / "prometheus.yml"), "--storage.tsdb.path",
-                             str(data), "--storage.tsdb.retention.time", "30d",
-                             "--web.listen-address", "127.0.0.1:%d" % port], stdout=log, stderr=subprocess.STDOUT)
-    prometheus = "http://127.0.0.1:%d" % port
+
     servers: list[tuple[Any, threading.Thread]] = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(prometheus + "/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()
-            time.sleep(0.3)
-        client = PrometheusClient(prometheus)
-        ima, ima_thread, ima_url = serve(ima_app(lambda: client, max_upload=2_000_000))
-        servers.append((ima, ima_thread))
-        y = io.StringIO()
-        writer = csv.writer(y, lineterminator="\n")
-        writer.writerow(["time", "latency_ms"])
-        writer.writerows([[int(t), "%.3f" % v] for t, v in zip(times, s.y, strict=True)])
-        with running_tansu(binary) as broker:
-            admin = KafkaAdminClient(bootstrap_servers=broker, client_id="edgelab-test")
-            try:
-                admin.create_topics({METRICS_TOPIC: {"num_partitions": 1}, FORECASTS_TOPIC: {"num_partitions": 1}})
-                admin.wait_for_topics([METRICS_TOPIC, FORECASTS_TOPIC], timeout_ms=20000)
-            finally:
-                admin.close()
-            yield {"prometheus": prometheus, "ima": ima_url, "broker": broker, "y": y.getvalue().encode(),
-                   "service": s, "times": times, "tmp": tmp, "answers": Receiver(), "elasticity": Receiver(),
-                   "informative": ['lab_%s{instance="nuc1"}' % n for n in s.informative]}
-    finally:
-        for server, thread in servers:
-            server.should_exit = True
-            thread.join(30)
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with running_prometheus(tmp, data=backfill(tmp, write)) as prom:
+        prometheus = prom.url
+        try:
+            client = PrometheusClient(prometheus)
+            ima, ima_thread, ima_url = serve(ima_app(lambda: client, max_upload=2_000_000))
+            servers.append((ima, ima_thread))
+            y = io.StringIO()
+            writer = csv.writer(y, lineterminator="\n")
+            writer.writerow(["time", "latency_ms"])
+            writer.writerows([[int(t), "%.3f" % v] for t, v in zip(times, s.y, strict=True)])
+            with running_broker(METRICS_TOPIC, FORECASTS_TOPIC) as broker:
+                yield {"prometheus": prometheus, "ima": ima_url, "broker": broker, "y": y.getvalue().encode(),
+                       "service": s, "times": times, "tmp": tmp, "answers": Receiver(), "elasticity": Receiver(),
+                       "informative": ['lab_%s{instance="nuc1"}' % n for n in s.informative]}
+        finally:
+            for server, thread in servers:
+                server.should_exit = True
+                thread.join(30)
 
 
 def settings(world: dict[str, Any], state: Path, **extra: Any) -> dict[str, Any]:
@@ -489,40 +458,40 @@ def test_serve_refuses_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture
     assert len(err) == 1 and err[0].startswith("edgelab-sro: config error: listen 127.0.0.1:%d" % port), err
 
 
-def test_profile_publishes_to_mlflow(world: dict[str, Any], tmp_path: Path) -> None:
+def test_profile_publishes_to_mlflow(world: dict[str, Any], tmp_path: Path, mlflow_server: MlflowServer) -> None:
     """With mlflow.tracking_uri set, the trained model is logged, registered and gets
-    the alias production (edgelab.train.publish against a real `mlflow server`)."""
+    the alias production (edgelab.train.publish against a real `mlflow server`, the
+    run's shared one)."""
     pytest.importorskip("mlflow", reason="mlflow is not installed (requirements.txt)")
     import mlflow.sklearn
     from edgelab.sro.service import create_app
     from mlflow.tracking import MlflowClient
-    from support.mlflow_server import running_mlflow
 
-    with running_mlflow(tmp_path / "mlflow") as mlflow_server:
-        tracking_uri = mlflow_server.uri
-        # The IMA's records without the KPI (kpi_in_stream false): a metrics-only model.
-        cfg = parse_config(settings(world, tmp_path / "state", kpi_in_stream=False,
-                                    mlflow={"tracking_uri": tracking_uri, "experiment": "sro-test"}))
-        server, thread, url = serve(create_app(cfg, act=ima_elasticity(world["elasticity"].url)))
-        try:
-            body, kind = upload(world["y"])
-            path = "/slice/s2/flavor/medium/profile"
-            status, answer = call("%s%s?%s" % (url, path, profile_query(world)), body, kind)
-            assert status == 202, answer
-            job = wait_done(url + path, timeout=300)
-        finally:
-            server.should_exit = True
-            thread.join(30)
-        assert job["status"] == "done", job
-        report = job["report"]
-        assert report["kpi_inputs"] is False
-        kinds = {c["name"]: c["kind"] for c in report["candidates"]}
-        assert kinds["training_mean"] == "baseline" and kinds["persistence"] == "reference"
-        assert job["mlflow"]["version"] == "1" and job["mlflow"]["promoted"], job["mlflow"]
-        client = MlflowClient(tracking_uri=tracking_uri)
-        version = client.get_model_version_by_alias("edgelab-sro-s2-medium", "production")
-        assert version.version == "1"
-        run = client.get_run(version.run_id)
-        assert run.data.metrics["test_nmae"] == pytest.approx(job["report"]["test_nmae"], rel=1e-5)
-        loaded = mlflow.sklearn.load_model("models:/edgelab-sro-s2-medium@production")
-        assert loaded.kind == report["chosen"] and loaded.target == "latency_ms" and not loaded.kpi_inputs
+    tracking_uri = mlflow_server.uri
+    slice_id = unique_name("s2")  # the model is edgelab-sro-SLICE-FLAVOR: a name of its own
+    # The IMA's records without the KPI (kpi_in_stream false): a metrics-only model.
+    cfg = parse_config(settings(world, tmp_path / "state", kpi_in_stream=False,
+                                mlflow={"tracking_uri": tracking_uri, "experiment": unique_name("sro-test")}))
+    server, thread, url = serve(create_app(cfg, act=ima_elasticity(world["elasticity"].url)))
+    try:
+        body, kind = upload(world["y"])
+        path = "/slice/%s/flavor/medium/profile" % slice_id
+        status, answer = call("%s%s?%s" % (url, path, profile_query(world)), body, kind)
+        assert status == 202, answer
+        job = wait_done(url + path, timeout=300)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert job["status"] == "done", job
+    report = job["report"]
+    assert report["kpi_inputs"] is False
+    kinds = {c["name"]: c["kind"] for c in report["candidates"]}
+    assert kinds["training_mean"] == "baseline" and kinds["persistence"] == "reference"
+    assert job["mlflow"]["version"] == "1" and job["mlflow"]["promoted"], job["mlflow"]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    version = client.get_model_version_by_alias("edgelab-sro-%s-medium" % slice_id, "production")
+    assert version.version == "1"
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["test_nmae"] == pytest.approx(job["report"]["test_nmae"], rel=1e-5)
+    loaded = mlflow.sklearn.load_model("models:/edgelab-sro-%s-medium@production" % slice_id)
+    assert loaded.kind == report["chosen"] and loaded.target == "latency_ms" and not loaded.kpi_inputs

@@ -1,5 +1,7 @@
 """edgelab-train and edgelab.train.publish against a real MLflow tracking server
-(`mlflow server` on loopback, SQLite store, served artifacts): a first model becomes
+(`mlflow server` on loopback, SQLite store, served artifacts; the run's shared one,
+every model and experiment named uniquely, and a basic-auth server of its own for the
+password test): a first model becomes
 `production`; a better one takes the alias; a worse one is registered and leaves it;
 bad input is one line, exit 2, and nothing is logged or registered; the password
 comes from a file, never the command line."""
@@ -8,18 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from edgelab import train
+from support.mlflow_server import MlflowServer, free_port, running_mlflow, stop, unique_name
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (requirements.txt)")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -28,56 +28,10 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 START = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(base: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = (base / "server.log").open("w")
-    proc = subprocess.Popen(
-        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-         "--artifacts-destination", str(base / "artifacts"), "--serve-artifacts", *extra],
-        stdout=log, stderr=subprocess.STDOUT, cwd=base, env=env)
-    log.close()
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # the basic-auth app migrates its database first; the CI machine is busy
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited {proc.returncode}: {(base / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return proc, uri
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            tail = (base / "server.log").read_text()[-1000:]
-            raise RuntimeError(f"mlflow server did not answer /health in 300 s: {tail}")
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, uri = start_server(tmp_path_factory.mktemp("mlflow"))
-    try:
-        yield uri
-    finally:
-        stop(proc)
+@pytest.fixture
+def tracking_uri(mlflow_server: MlflowServer) -> str:
+    """The run's shared tracking server; every test names its models with unique_name()."""
+    return mlflow_server.uri
 
 
 @pytest.fixture
@@ -110,7 +64,7 @@ def alias_version(client: MlflowClient, name: str) -> str:
 
 def test_first_better_and_worse_models(tmp_path: Path, tracking_uri: str, client: MlflowClient,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    name = "latency-cli"
+    name = unique_name("latency-cli")
     common = ["--target", "latency", "--model-name", name, "--tracking-uri", tracking_uri]
     code, first, err = run_cli(["--dataset", str(dataset(tmp_path / "1.csv", 400, 0.5)), *common], capsys)
     assert code == 0, err
@@ -140,7 +94,8 @@ def test_first_better_and_worse_models(tmp_path: Path, tracking_uri: str, client
 def test_features_and_conf(tmp_path: Path, tracking_uri: str, client: MlflowClient,
                            capsys: pytest.CaptureFixture[str]) -> None:
     data = dataset(tmp_path / "d.csv", 300, 0.1)
-    conf = {"dataset": str(data), "target": "latency", "features": ["a", "b"], "model_name": "latency-conf",
+    name = unique_name("latency-conf")
+    conf = {"dataset": str(data), "target": "latency", "features": ["a", "b"], "model_name": name,
             "model": "ridge"}
     code, out, err = run_cli(["--conf", json.dumps(conf), "--tracking-uri", tracking_uri], capsys)
     assert code == 0, err
@@ -148,7 +103,7 @@ def test_features_and_conf(tmp_path: Path, tracking_uri: str, client: MlflowClie
     params = client.get_run(str(out["run_id"])).data.params
     assert params["features"] == "a,b" and params["model"] == "ridge"
     assert client.get_run(str(out["run_id"])).info.experiment_id == \
-        client.get_experiment_by_name("latency-conf").experiment_id  # type: ignore[union-attr]
+        client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
 
 
 def test_dataset_over_http_and_parquet(tmp_path: Path, tracking_uri: str, client: MlflowClient,
@@ -172,12 +127,13 @@ def test_dataset_over_http_and_parquet(tmp_path: Path, tracking_uri: str, client
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        code, out, err = run_cli(["--dataset", url, "--target", "latency", "--model-name", "latency-url",
+        name = unique_name("latency-url")
+        code, out, err = run_cli(["--dataset", url, "--target", "latency", "--model-name", name,
                                   "--tracking-uri", tracking_uri], capsys)
         assert code == 0, err
         assert out is not None and out["promoted"] is True
         code, out, err = run_cli(["--dataset", f"http://127.0.0.1:{port}/missing.csv", "--target", "latency",
-                                  "--model-name", "latency-url", "--tracking-uri", tracking_uri], capsys)
+                                  "--model-name", name, "--tracking-uri", tracking_uri], capsys)
         assert code == 2 and "HTTP 404" in err and len(err.strip().splitlines()) == 1
     finally:
         stop(server)  # type: ignore[arg-type]
@@ -191,10 +147,10 @@ BAD = {
     "too few rows": (["--dataset", "{short}", "--target", "latency"], "too few rows"),
     "not a table": (["--dataset", "{junk}", "--target", "latency"], "dataset"),
     "conf not json": (["--conf", "{{nope"], "conf is not JSON"),
-    "conf without dataset": (["--conf", '{{"target": "latency", "model_name": "m"}}'], "conf needs 'dataset'"),
-    "conf unknown key": (["--conf", '{{"dataset": "{good}", "target": "latency", "model_name": "m", "x": 1}}'],
+    "conf without dataset": (["--conf", '{{"target": "latency", "model_name": "{name}"}}'], "conf needs 'dataset'"),
+    "conf unknown key": (["--conf", '{{"dataset": "{good}", "target": "latency", "model_name": "{name}", "x": 1}}'],
                          "unknown key x"),
-    "conf features not a list": (["--conf", '{{"dataset": "{good}", "target": "latency", "model_name": "m", '
+    "conf features not a list": (["--conf", '{{"dataset": "{good}", "target": "latency", "model_name": "{name}", '
                                   '"features": "a"}}'], "'features' must be a list"),
     "bad model name": (["--dataset", "{good}", "--target", "latency", "--model-name", "bad name/x"],
                        "model name 'bad name/x'"),
@@ -206,8 +162,8 @@ def test_bad_input_is_one_line_and_registers_nothing(case: str, tmp_path: Path, 
                                                      client: MlflowClient,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     args, expected = BAD[case]
-    name = "bad-" + case.replace(" ", "-")
-    paths = {"tmp": str(tmp_path), "good": str(dataset(tmp_path / "good.csv", 200, 0.1)),
+    name = unique_name("bad-" + case.replace(" ", "-"))
+    paths = {"name": name, "tmp": str(tmp_path), "good": str(dataset(tmp_path / "good.csv", 200, 0.1)),
              "short": str(dataset(tmp_path / "short.csv", 25, 0.1))}
     (tmp_path / "junk.csv").write_text("just one column\n1\n")
     paths["junk"] = str(tmp_path / "junk.csv")
@@ -221,7 +177,6 @@ def test_bad_input_is_one_line_and_registers_nothing(case: str, tmp_path: Path, 
     assert len(err.strip().splitlines()) == 1
     assert client.search_registered_models(filter_string=f"name = '{name}'") == []
     assert client.get_experiment_by_name(name) is None
-    assert client.search_registered_models(filter_string="name = 'm'") == []
 
 
 def fitted(slope: float) -> LinearRegression:
@@ -230,8 +185,8 @@ def fitted(slope: float) -> LinearRegression:
 
 
 def test_publish_rules(tracking_uri: str, client: MlflowClient) -> None:
-    name = "publish-rules"
-    kwargs = {"model_name": name, "tracking_uri": tracking_uri, "experiment": "publish-rules", "metric_key": "r2",
+    name = unique_name("publish-rules")
+    kwargs = {"model_name": name, "tracking_uri": tracking_uri, "experiment": name, "metric_key": "r2",
               "params": {"slope": 1}, "lower_is_better": False}
     first = train.publish(fitted(1), metrics={"r2": 0.5}, **kwargs)  # type: ignore[arg-type]
     assert (first.version, first.promoted) == ("1", True)
@@ -242,12 +197,12 @@ def test_publish_rules(tracking_uri: str, client: MlflowClient) -> None:
     held = train.publish(fitted(4), metrics={"r2": 0.99}, promote=False, **kwargs)  # type: ignore[arg-type]
     assert (held.version, held.promoted, held.reason) == ("4", False, "promotion not requested")
     assert alias_version(client, name) == "3"
-    runs_before = len(client.search_runs([client.get_experiment_by_name("publish-rules").experiment_id]))  # type: ignore[union-attr]
+    runs_before = len(client.search_runs([client.get_experiment_by_name(name).experiment_id]))  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="metric 'nmae' is not among the metrics"):
         train.publish(fitted(5), metrics={"r2": 1.0}, **dict(kwargs, metric_key="nmae"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a finite number"):
         train.publish(fitted(5), metrics={"r2": float("nan")}, **kwargs)  # type: ignore[arg-type]
-    assert len(client.search_runs([client.get_experiment_by_name("publish-rules").experiment_id])) == runs_before  # type: ignore[union-attr]
+    assert len(client.search_runs([client.get_experiment_by_name(name).experiment_id])) == runs_before  # type: ignore[union-attr]
     assert len(client.search_model_versions(f"name = '{name}'")) == 4
 
 
@@ -292,8 +247,8 @@ def test_non_admin_user_with_a_password_file(tmp_path: Path) -> None:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "auth" / "basic_auth.ini"),
                MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret-key")
-    proc, uri = start_server(tmp_path, "--app-name", "basic-auth", env=env)
-    try:
+    with running_mlflow(tmp_path, "--app-name", "basic-auth", env=env) as server:
+        uri = server.uri
         assert as_admin(uri, "/api/2.0/mlflow/users/create", {"username": "edgelab",
                                                               "password": "edgelab-password-1"}) == 200
         password = tmp_path / "password"
@@ -323,5 +278,3 @@ def test_non_admin_user_with_a_password_file(tmp_path: Path) -> None:
                                 f"print(len(MlflowClient('{uri}').search_model_versions(\"name = 'auth-model'\")))"],
                                env=admin, capture_output=True, text=True, timeout=120)
         assert count.stdout.strip() == "2", count.stderr[-2000:]
-    finally:
-        stop(proc)

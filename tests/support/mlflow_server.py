@@ -7,12 +7,18 @@ caller gives and stopped when the context ends.
         server.dir        # the directory (mlflow.db, artifacts/, server.log)
         server.log_tail() # the last lines of its log, for failure messages
 
+The session fixture `mlflow_server` (tests/conftest.py) is one such server for the
+whole run: a start costs up to minutes on a loaded machine. Tests that share it keep
+out of each other's way by naming their experiments and models with unique_name().
+
 register(name, slope) logs a scikit-learn model (prediction = slope * the last of
-WIDTH inputs) to the current tracking URI and registers it, aliased `production`.
+WIDTH inputs) to the current tracking URI, in the experiment `name`, and registers it,
+aliased `production`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -34,6 +40,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def unique_name(prefix: str) -> str:
+    """A model or experiment name no other test on a shared server uses."""
+    return "%s-%s" % (prefix, os.urandom(4).hex())
 
 
 def mlflow_executable() -> str:
@@ -79,7 +90,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_mlflow(directory: Path) -> Iterator[MlflowServer]:
+def running_mlflow(directory: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    """A server with its store and artifacts in `directory`; `extra` arguments (e.g.
+    --app-name basic-auth) and `env` (the whole environment) for the tests that need
+    a server of their own."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = directory / "server.log"
@@ -87,8 +101,8 @@ def running_mlflow(directory: Path) -> Iterator[MlflowServer]:
         proc = subprocess.Popen(
             [mlflow_executable(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-             "--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+             "--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts", *extra],
+            stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=env)
         try:
             server = MlflowServer(f"http://127.0.0.1:{port}", port, directory)
             wait_for_health(server.uri, proc, log_path)
@@ -113,6 +127,9 @@ def register(name: str, slope: float, *, alias: bool = True, stage: bool = False
     import numpy as np
     from mlflow.tracking import MlflowClient
 
+    # The run in an experiment of the model's name: the experiment an earlier test made
+    # active in this process may belong to another server.
+    mlflow.set_experiment(name)
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(train(slope), name="model", registered_model_name=name,
                                         input_example=np.zeros((1, WIDTH)))

@@ -1,7 +1,13 @@
 """Tansu, a Kafka wire-protocol broker, for tests and benchmarks on loopback.
 
 tansu_binary() finds the binary; running_tansu() starts a broker with in-memory
-storage on a free 127.0.0.1 port, yields its "host:port" and stops it afterwards.
+storage on a free 127.0.0.1 port, yields its "host:port" and stops it afterwards;
+running_broker(*topics) is that broker for a test, with its topics created (one
+partition each) and visible to clients, skipping with MISSING when there is no binary.
+
+A broker is up in a second or less, so the IMA/SRO modules each keep their own:
+they read their topics from the earliest offset and count what they find, and the
+SRO's tests use its default topic names.
 """
 
 from __future__ import annotations
@@ -72,3 +78,23 @@ def running_tansu(binary: str, port: int | None = None, timeout: float = 20.0) -
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def running_broker(*topics: str, port: int | None = None) -> Iterator[str]:
+    """running_tansu() with `topics` created and listed by the broker before it is yielded."""
+    import pytest
+    from kafka.admin import KafkaAdminClient
+
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip(MISSING)
+    with running_tansu(binary, port=port) as address:
+        if topics:
+            admin = KafkaAdminClient(bootstrap_servers=address, client_id="edgelab-test")
+            try:
+                admin.create_topics({topic: {"num_partitions": 1} for topic in topics})
+                admin.wait_for_topics(list(topics), timeout_ms=20000)
+            finally:
+                admin.close()
+        yield address

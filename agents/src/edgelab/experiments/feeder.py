@@ -185,6 +185,7 @@ def feed(plan: Schedule, frames: Sequence[bytes], producer: Any, *, source: str,
 
     budget = Cumulative(plan)
     windows = max(1, math.ceil(plan.total_s / WINDOW_S - 1e-9))
+    started = time.time()  # wall clock of the schedule's zero, for the report's time axis
     start = time.monotonic()
     tally = Tally(start, windows, plan.total_s)
     credit = 0.0  # bytes handed to Kafka, for pacing
@@ -240,7 +241,7 @@ def feed(plan: Schedule, frames: Sequence[bytes], producer: Any, *, source: str,
     errors = [abs(r["error_pct"]) for r in rows if r["error_pct"] is not None]
     in_time = sum(tally.acked_bytes)
     return {
-        "source": source, "duration_s": plan.total_s, "elapsed_s": round(elapsed, 3),
+        "source": source, "started": round(started, 3), "duration_s": plan.total_s, "elapsed_s": round(elapsed, 3),
         "frames_sent": sent_frames, "bytes_sent": sent_bytes,
         "frames_acked": sum(tally.acked_frames) + tally.late_frames, "bytes_acked": in_time + tally.late_bytes,
         "frames_acked_late": tally.late_frames, "bytes_acked_late": tally.late_bytes,
