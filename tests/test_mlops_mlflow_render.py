@@ -113,6 +113,7 @@ def test_basic_auth_ini(local: Path) -> None:
     assert section["admin_username"] == "admin" and section["admin_password"] == "Adm1nGenerated"
     assert section["database_uri"] == "postgresql+psycopg2://mlflow_auth:au%25th%232@127.0.0.1:5432/mlflow_auth"
     assert section["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert section.getint("auth_cache_ttl_seconds") == 60
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
