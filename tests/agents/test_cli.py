@@ -103,9 +103,16 @@ def test_bad_command_line_is_a_usage_error(tool: Path) -> None:
     assert proc.returncode == 2 and "invalid choice: 'LOUD'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def default_sigint() -> None:
+    # A background job of a non-interactive shell (make test's lanes) starts with
+    # SIGINT ignored, and children inherit that: give the tool Ctrl-C's default, as
+    # a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_exits_cleanly(tool: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(tool), "--mode", "sleep"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGINT)
