@@ -19,8 +19,6 @@ import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
@@ -34,6 +32,8 @@ from edgelab.ima.config import build_config
 from edgelab.learn import synthetic
 from edgelab.xmpp import tls_context
 from support.agenttools import Xmpp
+from support.http_helpers import call as request
+from support.http_helpers import until
 from support.prometheus import backfill, needs_prometheus, running_prometheus
 from support.tansu import running_broker
 
@@ -48,13 +48,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-def until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -194,18 +187,6 @@ class ScaleApi(http.server.BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------- the service
-def request(method: str, url: str, body: bytes | None = None, content_type: str = "") -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            raw = response.read().decode()
-            return response.status, json.loads(raw) if "json" in response.headers.get("Content-Type", "") else raw
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read().decode())
-
 
 def multipart(fields: dict[str, str], files: dict[str, bytes] | None = None) -> tuple[bytes, str]:
     boundary = "edgelab-ima-test"

@@ -17,14 +17,13 @@ import http.server
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
 import numpy as np
 import pytest
+from support.http_helpers import call, until
 from support.prometheus import backfill, needs_prometheus, running_prometheus
 from support.tansu import free_port, running_broker
 
@@ -41,13 +40,6 @@ def kpi(m0: float, m1: float) -> float:
     """The service's latency (ms) as a function of its two driving metrics."""
     return 40.0 + 80.0 * m0 + 40.0 * m1
 
-
-def until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.2)
 
 
 class Live(http.server.BaseHTTPRequestHandler):
@@ -124,18 +116,6 @@ def serve(app: Any) -> tuple[Any, threading.Thread, str]:
     assert thread.is_alive()
     return server, thread, "http://127.0.0.1:%d" % port
 
-
-def call(method: str, url: str, body: bytes | None = None, content_type: str = "") -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            raw = response.read().decode()
-            return response.status, json.loads(raw) if "json" in response.headers.get("Content-Type", "") else raw
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read().decode())
 
 
 def history(tmp: Path) -> tuple[np.ndarray, np.ndarray]:
