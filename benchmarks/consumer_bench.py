@@ -2,16 +2,32 @@
 """Benchmark of edgelab-consumer with the lab model against a Tansu broker on loopback.
 
   .venv/bin/python benchmarks/consumer_bench.py [--frames 60] [--frame-size 640x480] [--imgsz 640 320]
+      [--baseline GIT-REV] [--repeats 2]
 
-For each model input size: the real feeder fills a topic with --frames frames, then one
-consumer (one ONNX Runtime thread: one core) processes them. From the published
-results: frames/s per core = frames / (last result published - first frame received),
-inference time per frame, and the pipeline's overhead share = 1 - (sum of inference
-times) / that span (Kafka in and out, frame decoding and letterboxing, box decoding
-and NMS, serialisation, commits). The same from CPU time, which a loaded machine
-does not distort: frames per CPU second of the consumer process (all its threads,
-from the poll that brought the first frame) and overhead = 1 - inference thread CPU / process
-CPU. Prints RESULT {...} as JSON.
+For each model input size the real feeder fills one frames topic with --frames frames;
+then each run is one edgelab-consumer process (one ONNX Runtime thread: one core) of
+its own group that processes all of them and publishes its results to its own topic.
+With --baseline REV the consumer of that commit (its agents/src/edgelab, unpacked by
+`git archive` into a temporary directory) runs too, in the same broker on the same
+frames, interleaved with the current code (baseline, current, current, baseline, ...).
+
+What is measured, per run:
+  frame time    = (last result published - first frame received) / frames: the consumer's
+                  wall time per frame from receiving a frame to producing its result
+  inference     = the mean ONNX Runtime run (the results' inference_end - inference_start)
+  overhead      = frame time - inference: Kafka in and out, frame decoding and
+                  letterboxing, box decoding and NMS, serialisation, commits, metrics;
+                  overhead_pct = overhead / frame time
+  the same in CPU time, which other load on the machine does not distort: the
+  consumer process's CPU (all its threads: Kafka's network threads included) from the
+  poll that brought the first frame, per frame; inference CPU = the inference
+  thread's CPU inside session.run; overhead_cpu_pct = 1 - inference CPU / process CPU.
+  frames/s per core = frames per CPU second of the process.
+And how the lab model compares with a real detector: its convolutions' GFLOPs against
+yolov8n's 8.7 at 640 (Ultralytics' figure; scaled by the input area for other sizes),
+with the overhead share a yolov8n would give if it ran at the lab model's FLOP rate
+(overhead CPU unchanged, inference CPU scaled by the FLOP ratio): an estimate, labelled
+as one. Prints one line per run and RESULT {...} as JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +45,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.tansu import MISSING, running_tansu, tansu_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+YOLOV8N_GFLOPS_640 = 8.7  # Ultralytics' model table, yolov8n at 640
+CONSUMER = "import sys; from edgelab.experiments.consumer import main; sys.exit(main(sys.argv[1:]))"
 
 
 def fill(address: str, topic: str, frames: int, frame_size: str, tmp: Path) -> int:
@@ -39,41 +61,73 @@ def fill(address: str, topic: str, frames: int, frame_size: str, tmp: Path) -> i
     mbps = frames * frame_bytes * 8 / 1e6 / seconds
     (tmp / "flat.yml").write_text("[1.0]\n")
     report = tmp / f"{topic}.json"
-    assert feeder.main(["--max_mbps", f"{mbps:.3f}", "--duration", str(seconds), "--breakpoints", "1",
+    code = feeder.main(["--max_mbps", f"{mbps:.3f}", "--duration", str(seconds), "--breakpoints", "1",
                         "--profile", str(tmp / "flat.yml"), "--frame-size", frame_size, "--bootstrap", address,
-                        "--topic", topic, "--report", str(report), "--no-progress", "--log-level", "WARNING"]) == 0
+                        "--topic", topic, "--report", str(report), "--no-progress", "--log-level", "WARNING"])
+    if code != 0:
+        raise SystemExit(f"consumer_bench: the feeder failed (exit {code})")
     return int(json.loads(report.read_text())["frames_acked"])
 
 
-def run(address: str, size: int, frames: int, frame_size: str, tmp: Path) -> dict[str, Any]:
-    from edgelab.experiments import consumer, labmodel
+def baseline_tree(rev: str, tmp: Path) -> Path:
+    """agents/src of commit rev, unpacked into tmp: the PYTHONPATH of the baseline runs."""
+    target = tmp / f"baseline-{rev}"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "agents/src/edgelab"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"consumer_bench: git archive {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "agents" / "src"
+
+
+def consume(address: str, topic: str, sent: int, model: Path, run_id: str, source: Path, tmp: Path) -> dict[str, Any]:
+    """One consumer process (code from source) over the whole topic: its summary and results."""
     from edgelab.kafka import GroupConsumer, KafkaSettings
 
-    topic = f"bench-frames-{size}"
-    sent = fill(address, topic, frames, frame_size, tmp)
-    model = labmodel.write(tmp / f"lab{size}.onnx", size=size)
-    assert consumer.main(["--model", str(model), "--bootstrap", address, "--topic", topic, "--results-topic",
-                          f"bench-results-{size}", "--group", f"bench-{size}", "--metrics-port", "0",
-                          "--max-frames", str(sent), "--threads", "1", "--log-level", "WARNING",
-                          "--report", str(tmp / f"consumer{size}.json")]) == 0
-    summary = json.loads((tmp / f"consumer{size}.json").read_text())
-    busy_cpu = summary["cpu_seconds_since_first_frame"]
+    report = tmp / f"{run_id}.json"
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    proc = subprocess.run([sys.executable, "-c", CONSUMER, "--model", str(model), "--bootstrap", address,
+                           "--topic", topic, "--results-topic", f"results-{run_id}", "--group", f"group-{run_id}",
+                           "--metrics-port", "0", "--max-frames", str(sent), "--threads", "1",
+                           "--log-level", "WARNING", "--report", str(report)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"consumer_bench: consumer {run_id} failed: {proc.stderr.strip()[-500:]}")
     results: list[dict[str, Any]] = []
-    with GroupConsumer(KafkaSettings(bootstrap=[address]), topic=f"bench-results-{size}",
-                       group=f"read-{size}-{time.time()}") as reader:
+    with GroupConsumer(KafkaSettings(bootstrap=[address]), topic=f"results-{run_id}",
+                       group=f"read-{run_id}-{time.time()}") as reader:
         reader.run(lambda r: results.append(json.loads(r.value)), max_records=sent, timeout_s=60)
+    return {"summary": json.loads(report.read_text()), "results": results}
+
+
+def figures(code: str, size: int, lab_gflops: float, run: dict[str, Any]) -> dict[str, Any]:
+    summary, results = run["summary"], run["results"]
+    n = len(results)
     span = max(r["published"] for r in results) - min(r["received"] for r in results)
     inference = [r["inference_end"] - r["inference_start"] for r in results]
-    return {"imgsz": size, "frame_size": frame_size, "frames": len(results),
-            "frames_per_s_per_core": round(len(results) / span, 2),
-            "inference_ms_median": round(statistics.median(inference) * 1000, 1),
-            "frame_ms_mean": round(span / len(results) * 1000, 1),
+    busy_cpu = summary["cpu_seconds_since_first_frame"]
+    inference_cpu = summary["inference_cpu_seconds"]
+    overhead_cpu_ms = (busy_cpu - inference_cpu) / n * 1000
+    ratio = YOLOV8N_GFLOPS_640 * (size / 640) ** 2 / lab_gflops
+    estimated_inference_ms = inference_cpu / n * 1000 * ratio
+    return {"code": code, "imgsz": size, "frames": n,
+            "frame_ms": round(span / n * 1000, 2),
+            "inference_ms_mean": round(statistics.mean(inference) * 1000, 2),
+            "overhead_ms": round((span - sum(inference)) / n * 1000, 2),
             "overhead_pct": round((1 - sum(inference) / span) * 100, 2),
-            "cpu_ms_per_frame": round(busy_cpu / len(results) * 1000, 1),
-            "frames_per_cpu_s": round(len(results) / busy_cpu, 2),
-            "inference_cpu_ms_per_frame": round(summary["inference_cpu_seconds"] / len(results) * 1000, 1),
-            "overhead_cpu_pct": round((1 - summary["inference_cpu_seconds"] / busy_cpu) * 100, 2),
-            "detections_per_frame": round(sum(len(r["detections"]) for r in results) / len(results), 1)}
+            "frames_per_s_wall": round(n / span, 2),
+            "cpu_ms_per_frame": round(busy_cpu / n * 1000, 2),
+            "inference_cpu_ms_per_frame": round(inference_cpu / n * 1000, 2),
+            "overhead_cpu_ms_per_frame": round(overhead_cpu_ms, 2),
+            "overhead_cpu_pct": round((1 - inference_cpu / busy_cpu) * 100, 2),
+            "frames_per_s_per_core": round(n / busy_cpu, 2),
+            "stage_ms_per_frame": {k: round(v / n * 1000, 2) for k, v in summary["stage_seconds"].items()},
+            # whole run (start-up included), by thread; absent in consumers that do not report it
+            "thread_cpu_ms_per_frame": {k: round(v / n * 1000, 2)
+                                        for k, v in summary.get("thread_cpu_seconds", {}).items()},
+            "detections_per_frame": round(sum(len(r["detections"]) for r in results) / n, 1),
+            "lab_model_gflops": round(lab_gflops, 2), "yolov8n_flops_ratio": round(ratio, 2),
+            "yolov8n_estimate_overhead_cpu_pct": round(
+                overhead_cpu_ms / (overhead_cpu_ms + estimated_inference_ms) * 100, 2)}
 
 
 def main() -> int:
@@ -81,19 +135,36 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--frame-size", default="640x480")
     parser.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
+    parser.add_argument("--baseline", metavar="GIT-REV", help="also run the consumer of this commit, interleaved")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each code per size (default 2)")
     args = parser.parse_args()
     binary = tansu_binary()
     if binary is None:
         print(MISSING, file=sys.stderr)
         return 2
+    from edgelab.experiments import labmodel
+
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, running_tansu(binary) as address:
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp_dir, running_tansu(binary) as address:
+        tmp = Path(tmp_dir)
+        sources = {"current": ROOT / "agents" / "src"}
+        if args.baseline:
+            sources["baseline"] = baseline_tree(args.baseline, tmp)
         for size in args.imgsz:
-            row = run(address, size, args.frames, args.frame_size, Path(tmp))
-            print(row, flush=True)
-            rows.append(row)
-    load = os.getloadavg()[0]
-    print("RESULT " + json.dumps({"load_average_1m": round(load, 1), "runs": rows}))
+            topic = f"bench-frames-{size}"
+            sent = fill(address, topic, args.frames, args.frame_size, tmp)
+            model = labmodel.write(tmp / f"lab{size}.onnx", size=size)
+            gflops = labmodel.conv_flops(model) / 1e9
+            order = list(sources)
+            for repeat in range(args.repeats):
+                for code in order if repeat % 2 == 0 else order[::-1]:
+                    run = consume(address, topic, sent, model, f"{code}-{size}-{repeat}", sources[code], tmp)
+                    row = figures(code, size, gflops, run)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    print("RESULT " + json.dumps({"load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+                                  "baseline": args.baseline, "runs": rows}))
     return 0
 
 

@@ -151,6 +151,73 @@ def test_undecodable_frames_are_reported_not_fatal(broker: str, model: Path) -> 
     assert found["cam-0"]["detections"] == [] and found["cam-0"]["inference_start"] is None
 
 
+def committed(broker: str, topic: str, group: str) -> int | None:
+    """The group's committed offsets of topic summed over its partitions, as the broker
+    has them (records committed, as the feeder's topics start at offset 0); None before
+    any commit."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    reader = KafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
+    try:
+        found = [reader.committed(TopicPartition(topic, p)) for p in sorted(reader.partitions_for_topic(topic))]
+    finally:
+        reader.close()
+    offsets = [o for o in found if o is not None]
+    return sum(offsets) if offsets else None
+
+
+def test_results_are_not_flushed_per_poll_and_offsets_follow_their_acknowledgements(
+        broker: str, model: Path, tmp_path: Path) -> None:
+    from edgelab.kafka import KafkaSettings
+    from kafka import KafkaProducer
+
+    keys = feed(broker, "frames-pipe", tmp_path, seconds="2", mbps="2")
+    assert len(keys) >= 4
+    settings = KafkaSettings(bootstrap=[broker])
+    producer = KafkaProducer(**settings.client_config(), acks=1, linger_ms=5)
+    loaded = consumer.load_model(str(model), threads=1)
+    detector = consumer.Detector(loaded, "t", consumer.Metrics("t"), conf=0.25, iou=0.45, max_detections=10)
+    member = consumer.PublishingConsumer(settings, "frames-pipe", "g-pipe", producer, "results-pipe",
+                                         max_poll_records=2)
+    try:
+        handled = 0
+        while handled == 0:
+            handled = member.poll_batch(detector.handle, detector.stages)
+        # The poll's results were sent, not waited for: their offsets wait with them.
+        assert handled == 2 and len(member.pending) == 1
+        assert committed(broker, "frames-pipe", "g-pipe") is None
+        producer.flush(timeout=30)
+        member.poll_batch(detector.handle, detector.stages)  # commits the acknowledged batch asynchronously
+        deadline = time.monotonic() + 20
+        while committed(broker, "frames-pipe", "g-pipe") is None and time.monotonic() < deadline:
+            member.poll_batch(detector.handle, detector.stages, timeout_ms=50)
+        assert (committed(broker, "frames-pipe", "g-pipe") or 0) >= 2
+        # More than max_pending batches in flight: the producer is flushed and all of it committed.
+        member.max_pending = 0
+        while member.handled < len(keys):
+            member.poll_batch(detector.handle, detector.stages)
+        assert not member.pending
+        assert committed(broker, "frames-pipe", "g-pipe") == len(keys)
+        assert member.commit_errors == 0
+    finally:
+        member.close()
+        producer.close(timeout=10)
+    assert sorted(r["frame"] for r in results(broker, "results-pipe", len(keys))) == sorted(keys)
+
+
+def test_on_exit_every_published_frame_is_committed(broker: str, model: Path, tmp_path: Path) -> None:
+    keys = feed(broker, "frames-exit", tmp_path, seconds="1", mbps="1")
+    args = ["--model", str(model), "--bootstrap", broker, "--topic", "frames-exit", "--results-topic",
+            "results-exit", "--group", "g-exit", "--metrics-port", "0"]
+    assert consumer.main([*args, "--max-frames", str(len(keys))]) == 0
+    assert committed(broker, "frames-exit", "g-exit") == len(keys)
+    # So a member that joins the group later finds nothing left to process.
+    report = tmp_path / "again.json"
+    assert consumer.main([*args, "--idle-exit", "2", "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["frames"] == 0
+    assert len(results(broker, "results-exit", len(keys) + 1, timeout_s=5)) == len(keys)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--bootstrap", "x:1"], "bad input: give either --model FILE or --model-store DIR with --exp-id"),
     (["--bootstrap", "x:1", "--model-store", "/nonexistent"], "bad input: --model-store and --exp-id go together"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
@@ -42,13 +43,28 @@ SYSTEMD_STAND_IN = """#!/bin/sh
 # Records through the fake systemctl and runs the unit's process as systemd would.
 state={state}
 cmd=$1; unit=$2
+image=${{unit#edgelab-inference-image@}}; image=${{image%.service}}
 case "$cmd" in
   start)
-    "$state/systemctl" "$@" || exit $?
-    inst=${{unit#edgelab-inference@}}; inst=${{inst%.service}}
-    {inference} --config {config} "$inst" >>"$state/$unit.log" 2>&1 &
+    case "$unit" in
+      edgelab-inference-image@*)
+        # ExecStartPre, then ExecStart: the unit's start fails when the first fails.
+        {python} -m edgelab.node_api.image --config {config} prepare "$image" >>"$state/$unit.log" 2>&1 || {{
+          echo "start $unit" >> "$state/calls.log"; echo "Job for $unit failed" >&2; exit 1; }}
+        "$state/systemctl" "$@" || exit $?
+        {python} -m edgelab.node_api.image --config {config} run "$image" >>"$state/$unit.log" 2>&1 & ;;
+      *)
+        "$state/systemctl" "$@" || exit $?
+        inst=${{unit#edgelab-inference@}}; inst=${{inst%.service}}
+        {inference} --config {config} "$inst" >>"$state/$unit.log" 2>&1 & ;;
+    esac
     echo $! > "$state/$unit.pid" ;;
   stop)
+    case "$unit" in
+      edgelab-inference-image@*)
+        [ -f "$state/$unit.pid" ] && {python} -m edgelab.node_api.image --config {config} stop "$image" \
+          >>"$state/$unit.log" 2>&1 ;;
+    esac
     if [ -f "$state/$unit.pid" ]; then
       pid=$(cat "$state/$unit.pid"); kill "$pid" 2>/dev/null
       n=0; while kill -0 "$pid" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
@@ -138,8 +154,9 @@ class NodeApi:
 
     def stop(self) -> None:
         for record in (Path(self.settings["state_dir"]) / "deployments").glob("*.json"):
-            subprocess.run([self.settings["systemctl"], "stop", f"edgelab-inference@{record.stem}.service"],
-                           check=False, capture_output=True)
+            image = "image" in json.loads(record.read_text())
+            unit = f"edgelab-inference{'-image' if image else ''}@{record.stem}.service"
+            subprocess.run([self.settings["systemctl"], "stop", unit], check=False, capture_output=True)
         self.proc.terminate()
         try:
             self.proc.wait(20)
@@ -165,7 +182,7 @@ def start_node_api(base: Path, tracking_uri: str, *, ports: int = 4, run_service
     if run_services:
         stand_in = state / "systemd"
         stand_in.write_text(SYSTEMD_STAND_IN.format(state=state, inference=BIN / "edgelab-inference",
-                                                    config=config))
+                                                    config=config, python=sys.executable))
         stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
         systemctl = str(stand_in)
     settings: dict[str, Any] = {
@@ -422,26 +439,23 @@ def test_full_port_range_and_a_service_that_never_answers(tmp_path: Path, mlflow
         quiet.stop()
 
 
-def test_docker_img_is_refused(tmp_path: Path, mlflow_env: str) -> None:
-    no_runtime = f"{BIN}:/usr/bin:/bin"
-    api = start_node_api(tmp_path / "node", mlflow_env, path=no_runtime)
-    try:
-        answer = api.call("POST", "/api/inference/deploy", {"exp_id": "exp-d", "docker_img": "reg/img:1"})
-        assert answer.status == 400 and "no container runtime" in answer.detail, answer
-        assert api.units.calls() == []
-    finally:
-        api.stop()
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    podman = fake_bin / "podman"
-    podman.write_text("#!/bin/sh\nexit 1\n")
-    podman.chmod(0o755)
-    api = start_node_api(tmp_path / "node2", mlflow_env, path=f"{fake_bin}:{no_runtime}")
-    try:
-        answer = api.call("POST", "/api/inference/deploy", {"exp_id": "exp-d", "docker_img": "reg/img:1"})
-        assert answer.status == 501 and "does not run images, even with podman present" in answer.detail
-    finally:
-        api.stop()
+def test_docker_img_is_refused_where_no_runtime_is_configured_or_running(tmp_path: Path, mlflow_env: str) -> None:
+    body = {"exp_id": "exp-d", "docker_img": "registry.example/team/img:1"}
+    ctr = shutil.which("ctr") or "/bin/true"
+    cases = (({}, 400, "set node_api_container_runtime: containerd"),
+             ({"container_runtime": "containerd", "ctr": str(tmp_path / "no-ctr")}, 501,
+              "apt-get install containerd"),
+             ({"container_runtime": "containerd", "ctr": ctr, "containerd_address": str(tmp_path / "no.sock")},
+              503, "containerd is not running"))
+    for number, (overrides, status, message) in enumerate(cases):
+        api = start_node_api(tmp_path / f"node{number}", mlflow_env, **overrides)
+        try:
+            answer = api.call("POST", "/api/inference/deploy", body)
+            assert answer.status == status and message in answer.detail, (overrides, answer)
+            assert api.units.calls() == []
+            assert api.call("GET", "/api/inference/all").body == []
+        finally:
+            api.stop()
 
 
 def test_bad_settings_are_one_line(tmp_path: Path) -> None:

@@ -162,3 +162,54 @@ def test_letterbox_whole_number_reduction_equals_the_general_nearest_neighbour()
     expected = image[rows[:, None], cols[None, :]].transpose(2, 0, 1) / np.float32(255)
     np.testing.assert_allclose(tensor[0, :, 40:280], expected, rtol=1e-6)
     assert np.all(tensor[0, :, :40] == np.float32(114 / 255)) and np.all(tensor[0, :, 280:] == np.float32(114 / 255))
+
+
+def test_decode_agrees_with_a_full_argmax_over_every_anchor() -> None:
+    rng = np.random.default_rng(11)
+    table = rng.uniform(0, 1, (1, 4 + 80, 2100)).astype(np.float32)
+    table[0, :4] *= 300
+    table[0, 4:] **= 4  # most anchors score low, as a detector's do
+    boxes, scores, classes = decode(table, conf=0.99)
+    best = table[0, 4:].argmax(axis=0)  # the plain way: the best class of every anchor
+    best_scores = table[0, 4:][best, np.arange(2100)]
+    keep = np.flatnonzero(best_scores >= 0.99)
+    assert 0 < len(keep) < 2100
+    assert classes.tolist() == best[keep].tolist() and scores.tolist() == best_scores[keep].tolist()
+    cx, cy, w, h = table[0, :4, keep].T
+    np.testing.assert_allclose(boxes, np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
+
+
+def test_conv_flops_counts_multiply_adds_of_every_convolution(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((8, 3, 3, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+        "one_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])], [weight])
+    one = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert labmodel.conv_flops(one) == 2 * (8 * 32 * 32) * (3 * 3 * 3)
+    # The lab model at 640, by hand: two 3x3 convolutions per stage, then three 1x1 heads.
+    expected, side, cin = 0, 640, 3
+    for width in labmodel.WIDTHS:
+        side //= 2
+        expected += 2 * side * side * width * (cin * 9 + width * 9)
+        cin = width
+    expected += sum(2 * (640 // s) ** 2 * 84 * w for s, w in ((8, 64), (16, 128), (32, 256)))
+    path = labmodel.write(tmp_path / "lab640.onnx", size=640)
+    assert labmodel.conv_flops(path) == expected
+    assert 3.4e9 < expected < 3.6e9  # about 40 % of yolov8n's 8.7 GFLOPs at 640
+
+
+def test_result_detections_round_like_the_published_format() -> None:
+    from edgelab.experiments.consumer import detections
+
+    boxes = np.array([[12.3, 0.04, 639.96, 100.25], [1 / 3, 2 / 3, 5.55, 7.0]], dtype=np.float32)
+    scores = np.array([0.61234567, 0.25], dtype=np.float32)
+    classes = np.array([3, 79])
+    found = detections(boxes, scores, classes)
+    assert found == [{"box": [round(float(v), 1) for v in box], "score": round(float(score), 4), "class": int(cls)}
+                     for box, score, cls in zip(boxes, scores, classes, strict=True)]
+    assert found[0] == {"box": [12.3, 0.0, 640.0, 100.2], "score": 0.6123, "class": 3}
+    assert all(type(v) is float for d in found for v in d["box"]) and type(found[0]["class"]) is int
+    assert detections(boxes[:0], scores[:0], classes[:0]) == []

@@ -17,7 +17,11 @@ keyed like the frame:
 (times: epoch seconds, UTC; `produced` is the frame record's Kafka timestamp).
 Offsets are committed after a poll's results were acknowledged by the broker, so a
 consumer that dies mid-batch loses nothing: its uncommitted frames are processed
-again by whoever gets the partition (at-least-once; duplicates are possible).
+again by whoever gets the partition (at-least-once; duplicates are possible). The
+producer is not flushed after every poll: a batch's results are acknowledged while
+the next batch is processed, and its offsets committed (asynchronously) after that one,
+so a crash or a rebalance can have up to two batches (2 x --max-poll-records frames)
+of a member processed again.
 
 /metrics (default port 9466 + N - 1, --metrics-port) exposes frames processed, frame
 errors, detections, the inference and end-to-end latency histograms, per-stage time
@@ -25,7 +29,11 @@ and the group lag of this member's partitions.
 
 Kafka settings are the cluster agent's: --bootstrap HOST:PORT[,...], --security-protocol,
 --sasl-mechanism, --sasl-username, --sasl-password-file (read from the file, never taken
-on the command line), --ssl-cafile. SIGTERM finishes the current batch, commits, exits.
+on the command line), --ssl-cafile. SIGTERM finishes the current batch, waits for the
+acknowledgement of every result sent, commits, exits.
+--report FILE writes the closing summary: frames, time per stage, the process's CPU
+time, the inference thread's CPU time in ONNX Runtime and the CPU time of each thread
+(the Kafka clients' network threads by name).
 """
 
 from __future__ import annotations
@@ -34,9 +42,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +65,7 @@ log = logging.getLogger(__name__)
 PROG = "edgelab-consumer"
 BASE_METRICS_PORT = 9466  # the `consumers` scrape job's port of instance 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RESULT_BATCH_BYTES = 256 * 1024  # results' producer batches (a result is at most ~10 KB)
 STAGES = ("poll", "decode", "inference", "postprocess", "publish")
 
 
@@ -224,9 +236,7 @@ class Detector:
         self.stages.inference_cpu += time.thread_time() - cpu
         boxes, scores, classes = postprocess(output, geometry, conf=self.conf, iou=self.iou,
                                              max_detections=self.max_detections)
-        result["detections"] = [
-            {"box": [round(float(v), 1) for v in box], "score": round(float(score), 4), "class": int(cls)}
-            for box, score, cls in zip(boxes, scores, classes, strict=True)]
+        result["detections"] = detections(boxes, scores, classes)
         t3 = time.perf_counter()
         self.stages.add("decode", t1 - t0)
         self.stages.add("inference", t2 - t1)
@@ -247,40 +257,93 @@ class Detector:
         return data
 
 
+def detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> list[dict[str, Any]]:
+    """The result record's detections: boxes to 0.1 pixel, scores to 4 decimals. Rounded
+    as whole arrays in float64 (float32 values would print as 12.300000190734863) and
+    turned into Python numbers by tolist(), not one float() and round() per number."""
+    return [{"box": box, "score": score, "class": cls} for box, score, cls in zip(
+        np.round(boxes.astype(np.float64), 1).tolist(), np.round(scores.astype(np.float64), 4).tolist(),
+        classes.astype(np.int64).tolist(), strict=True)]
+
+
 class PublishingConsumer(GroupConsumer):
-    """A group member whose commits wait for the results: a poll's records are handled,
-    their results acknowledged by the broker, and only then the offsets committed."""
+    """A group member whose commits wait for the results: a poll's records are handled and
+    their results sent, and the poll's offsets are committed once the broker acknowledged
+    every one of its results. The producer is not flushed after each poll: a batch's
+    acknowledgements arrive while the next batch is processed, and its offsets go out
+    with an asynchronous commit after that next poll. When more than `max_pending`
+    batches still wait for acknowledgements after a poll, the producer is flushed and
+    they are committed synchronously; finish() does that too."""
 
     def __init__(self, settings: KafkaSettings, topic: str, group: str, producer: Any, results_topic: str,
-                 *, max_poll_records: int) -> None:
+                 *, max_poll_records: int, max_pending: int = 1) -> None:
         super().__init__(settings, topic, group, max_poll_records=max_poll_records)
         self.producer = producer
         self.results_topic = results_topic
+        self.max_pending = max_pending
+        # Per polled batch: its results' send futures and the offsets to commit after them.
+        self.pending: deque[tuple[list[Any], dict[Any, Any]]] = deque()
+        self.commit_errors = 0
 
     def poll_batch(self, handle: Callable[[Any, float], bytes], stages: Stages, timeout_ms: int = 500) -> int:
+        from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped, unused-ignore]
+
         t0 = time.perf_counter()
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         received = time.time()
         stages.add("poll", time.perf_counter() - t0)
-        futures = []
-        for records in batches.values():
+        futures: list[Any] = []
+        offsets: dict[Any, Any] = {}
+        for tp, records in batches.items():
             for record in records:
                 value = handle(record, received)
                 t1 = time.perf_counter()
                 futures.append(self.producer.send(self.results_topic, key=record.key, value=value))
                 stages.add("publish", time.perf_counter() - t1)
-        if not futures:
-            return 0
+            if records:
+                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         t1 = time.perf_counter()
-        self.producer.flush(timeout=60)
-        failed = [f for f in futures if f.failed()]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(futures)} results were not acknowledged by the broker "
-                               f"({' '.join(str(failed[0].exception).split())[:200]}); offsets not committed")
-        self._consumer.commit()
+        if futures:
+            self.pending.append((futures, offsets))
+            self.handled += len(futures)
+        self.commit_acknowledged(wait=False)
+        if len(self.pending) > self.max_pending:  # the broker is behind: wait for it
+            self.commit_acknowledged(wait=True)
         stages.add("publish", time.perf_counter() - t1)
-        self.handled += len(futures)
         return len(futures)
+
+    def commit_acknowledged(self, *, wait: bool) -> None:
+        """Commit the offsets of the oldest batches whose results were all acknowledged
+        (asynchronously); with wait, flush the producer first so that every batch is,
+        and commit synchronously. Offsets of partitions this member no longer holds
+        (a rebalance) are left to their new owner, which processes them again."""
+        if wait and self.pending:
+            self.producer.flush(timeout=60)
+        offsets: dict[Any, Any] = {}
+        while self.pending and all(f.is_done for f in self.pending[0][0]):
+            futures, batch_offsets = self.pending.popleft()
+            failed = [f for f in futures if f.failed()]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {len(futures)} results were not acknowledged by the broker "
+                                   f"({' '.join(str(failed[0].exception).split())[:200]}); offsets not committed")
+            offsets.update(batch_offsets)
+        held = self._consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in held}
+        if not offsets:
+            return
+        if wait:
+            self._consumer.commit(offsets)
+        else:
+            self._consumer.commit_async(offsets, callback=self._committed)
+
+    def _committed(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):  # the frames are processed again by the partition's next owner
+            self.commit_errors += 1
+            log.warning("commit of %d partition offsets failed: %s", len(offsets), response)
+
+    def finish(self) -> None:
+        """Wait for every result's acknowledgement and commit what they cover."""
+        self.commit_acknowledged(wait=True)
 
     def lag(self) -> int | None:
         """Records between this member's positions and the partitions' high watermarks."""
@@ -292,6 +355,23 @@ class PublishingConsumer(GroupConsumer):
             total += max(0, high - self._consumer.position(tp))
             known = True
         return total if known else None
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each live Python thread of this process, by thread name
+    (the Kafka clients' network threads are named after the client): where the time goes
+    besides inference. Read from /proc (Linux; {} where there is none)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        except (OSError, IndexError, ValueError):
+            continue
+        found[thread.name] = found.get(thread.name, 0.0) + seconds
+    return found
 
 
 # ---------------------------------------------------------------- command line
@@ -372,7 +452,13 @@ def start(args: argparse.Namespace) -> None:
         metrics.serve(args.metrics_address, port)
     detector = Detector(model, name, metrics, conf=args.conf, iou=args.iou, max_detections=args.max_detections)
     try:
-        producer = KafkaProducer(**settings.client_config(), acks=1, linger_ms=5, max_block_ms=10_000)
+        # A poll's results fit one batch: the producer's sender thread is woken once per
+        # batch (a socket write each time), not every couple of results.
+        producer = KafkaProducer(**settings.client_config(), acks=1, linger_ms=5, batch_size=RESULT_BATCH_BYTES,
+                                 max_block_ms=10_000)
+        # Connected, with the results topic's metadata, before the first frame: the
+        # first result does not wait for them.
+        producer.partitions_for(args.results_topic)
         consumer = PublishingConsumer(settings, args.topic, args.group, producer, args.results_topic,
                                       max_poll_records=args.max_poll_records)
     except KafkaError as exc:
@@ -413,6 +499,8 @@ def start(args: argparse.Namespace) -> None:
                 break
             if args.idle_exit and assigned and now - last_frame >= args.idle_exit:
                 break
+        consumer.finish()
+        threads = thread_cpu_seconds()  # before close() ends the clients' threads
     finally:
         consumer.close()
         producer.close(timeout=10)
@@ -421,7 +509,8 @@ def start(args: argparse.Namespace) -> None:
                "stage_seconds": {k: round(v, 4) for k, v in detector.stages.seconds.items()},
                "cpu_seconds": round(time.process_time() - cpu_started, 4),
                "cpu_seconds_since_first_frame": round(time.process_time() - (busy_cpu_started or cpu_started), 4),
-               "inference_cpu_seconds": round(detector.stages.inference_cpu, 4)}
+               "inference_cpu_seconds": round(detector.stages.inference_cpu, 4),
+               "thread_cpu_seconds": {k: round(v, 2) for k, v in sorted(threads.items())}}
     log.info("%s: %d frames (%d errors) in %.1f s", name, summary["frames"], summary["errors"], summary["seconds"])
     if args.report:
         cli.write_atomic(args.report, json.dumps(summary, indent=2) + "\n")

@@ -147,6 +147,32 @@ def build(size: int = 640, classes: int = 80, seed: int = 0) -> Any:
     return model
 
 
+def conv_flops(model: Any) -> int:
+    """Floating-point operations of one inference in the model's convolutions (a
+    multiply-add counts 2), from the graph with its shapes inferred: what lets the lab
+    model's cost be compared with a real detector's (Ultralytics gives yolov8n at 640
+    as 8.7 GFLOPs). model: a ModelProto or the path of an .onnx file."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    weights = {t.name: list(t.dims) for t in inferred.graph.initializer}
+    total = 0
+    for node in inferred.graph.node:
+        if node.op_type != "Conv":
+            continue
+        out = shapes.get(node.output[0])
+        kernel = weights.get(node.input[1]) or shapes.get(node.input[1])
+        if not out or not kernel or 0 in out:
+            raise ValueError(f"Conv {node.name or node.output[0]}: shapes unknown after shape inference")
+        # Each output element is a dot product over (input channels per group) x kh x kw.
+        total += 2 * int(np.prod(out)) * int(np.prod(kernel[1:]))
+    return total
+
+
 def write(path: str | Path, size: int = 640, classes: int = 80, seed: int = 0) -> Path:
     """Build the model and write it to path (through a temporary name); the path."""
     import onnx

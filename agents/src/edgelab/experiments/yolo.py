@@ -123,12 +123,14 @@ def decode(output: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.
     if table.ndim != 2 or table.shape[0] < 5:
         raise ValueError(f"output shape {output.shape} is not [1, 4 + classes, anchors]")
     scores_all = table[4:]
-    classes = scores_all.argmax(axis=0)
-    scores = scores_all[classes, np.arange(table.shape[1])]
-    keep = np.flatnonzero(scores >= conf)
+    # The best score per anchor is a row-by-row reduction over the contiguous class
+    # rows; the (strided, slower) argmax runs only on the few anchors that pass conf.
+    best = scores_all.max(axis=0)
+    keep = np.flatnonzero(best >= conf)
+    classes = scores_all[:, keep].argmax(axis=0)
     cx, cy, w, h = table[:4, keep]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-    return boxes, scores[keep].astype(np.float32), classes[keep].astype(np.int64)
+    return boxes, best[keep].astype(np.float32), classes.astype(np.int64)
 
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

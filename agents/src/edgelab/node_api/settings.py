@@ -14,6 +14,17 @@ role node_api) that both read.
     systemctl: systemctl                 the systemctl the node API runs
     start_timeout: 60                    seconds for a new service to answer /health
     reload_interval: 1.0                 how often a service looks for a new model
+    container_runtime: none              none, or containerd: deploys with docker_img run
+                                         images with ctr (image.py)
+    ctr: /usr/bin/ctr                    containerd's client
+    containerd_address: /run/containerd/containerd.sock
+    containerd_namespace: edgelab        where images are looked up and containers run
+    image_registries: []                 registries an absent image may be pulled from
+    image_fixed_ports: [8080]            ports an image may ask for (image_port) instead
+                                         of one from port_min..port_max
+    image_pull_timeout: 600              seconds a pull may take
+    image_stop_timeout: 10               seconds between SIGTERM and SIGKILL on stop
+    image_memory_max: 1073741824         bytes a container may use (0: no limit)
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from .store import DEFAULT_STORE, EXP_ID
 
 NODE_API_CONFIG = "/etc/edgelab/node-api.yml"
 UNIT_TEMPLATE = "edgelab-inference@{}.service"
+IMAGE_UNIT_TEMPLATE = "edgelab-inference-image@{}.service"
+CONTAINER_RUNTIMES = ("none", "containerd")
 
 
 @dataclass
@@ -47,6 +60,15 @@ class Settings:
     systemctl: str = "systemctl"
     start_timeout: float = 60.0
     reload_interval: float = 1.0
+    container_runtime: str = "none"
+    ctr: str = "/usr/bin/ctr"
+    containerd_address: str = "/run/containerd/containerd.sock"
+    containerd_namespace: str = "edgelab"
+    image_registries: list[str] = field(default_factory=list)
+    image_fixed_ports: list[int] = field(default_factory=lambda: [8080])
+    image_pull_timeout: float = 600.0
+    image_stop_timeout: float = 10.0
+    image_memory_max: int = 1 << 30
     models: dict[str, str] = field(default_factory=dict, metadata={"internal": True})
 
     @property
@@ -76,6 +98,13 @@ def load_settings(path: str) -> Settings:
         raise ConfigError(f"port_min..port_max must be a range of ports, got {settings.port_min}..{settings.port_max}")
     if settings.start_timeout <= 0 or settings.reload_interval <= 0:
         raise ConfigError("start_timeout and reload_interval must be > 0")
+    if settings.container_runtime not in CONTAINER_RUNTIMES:
+        raise ConfigError(f"container_runtime: expected one of {', '.join(CONTAINER_RUNTIMES)}, "
+                          f"got {settings.container_runtime!r}")
+    if not all(0 < port < 65536 for port in settings.image_fixed_ports):
+        raise ConfigError(f"image_fixed_ports: expected ports, got {settings.image_fixed_ports}")
+    if settings.image_pull_timeout <= 0 or settings.image_stop_timeout <= 0 or settings.image_memory_max < 0:
+        raise ConfigError("image_pull_timeout and image_stop_timeout must be > 0, image_memory_max >= 0")
     return settings
 
 
