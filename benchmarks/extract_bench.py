@@ -12,11 +12,16 @@ Methods, each run in its own process (peak RSS from wait4), alternating, REPEATS
            metric names from /api/v1/label/__name__/values, then one query_range per
            metric name per segment of 2,000 s, --n_threads at once, every response
            parsed (json) and kept, then saved as raw JSON, one file per metric.
-  edgelab  `python -m edgelab.experiments.extract --sampling 1 --segment_size 2000`
-           with the same --n_threads into Parquet (dataset + metadata).
-Prints the median wall time, peak RSS and CPU seconds (the child's plus Prometheus's
-during the run) of each, the ratios, and RESULT {...} as JSON;
-the target is edgelab >= 5x faster.
+  remote_read
+           `python -m edgelab.experiments.extract --api remote_read --sampling 1
+           --segment_size 2000` with the same --n_threads into Parquet (dataset +
+           metadata): raw samples from /api/v1/read, resampled to the grid.
+  query_range
+           the same with --api query_range (JSON range queries, families packed).
+Checks that both edgelab datasets are equal, prints the median wall time, peak RSS
+and CPU seconds (the child's plus Prometheus's during the run) of each, the ratios to
+the seed, and RESULT {...} as JSON; the target is edgelab (its default API,
+query_range) >= 5x faster than the seed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from pathlib import Path
 
 PROMETHEUS, PROMTOOL = "/usr/bin/prometheus", "/usr/bin/promtool"
 HOUR = 3600
+METHODS = ("seed", "remote_read", "query_range")
+DEFAULT = "query_range"  # edgelab-extract's default --api
 
 
 def seed_method(url: str, start: int, end: int, threads: int, out: Path) -> None:
@@ -135,43 +142,57 @@ def main() -> int:
                         break
                 except OSError:
                     time.sleep(0.3)
-            seed_runs, edgelab_runs = [], []
+            runs: dict[str, list[tuple[float, float, float]]] = {m: [] for m in METHODS}
             for r in range(args.repeats):
-                seed_runs.append(timed([sys.executable, __file__, "--threads", str(args.threads), "--seed-child",
-                                        url, str(start), str(end), str(tmp / ("seed%d" % r))], prom.pid))
-                edgelab_runs.append(timed([sys.executable, "-m", "edgelab.experiments.extract", "--prometheus", url,
-                                           "--start", str(start), "--end", str(end), "--sampling", "1",
-                                           "--segment_size", "2000", "--n_threads", str(args.threads),
-                                           "--out", str(tmp / ("edgelab%d" % r)), "--no-progress",
-                                           "--log-level", "WARNING"], prom.pid))
-                print("run %d: seed %.2fs %.0f MiB %.2f CPU-s, edgelab %.2fs %.0f MiB %.2f CPU-s"
-                      % (r + 1, *seed_runs[-1], *edgelab_runs[-1]))
-            meta = json.loads((tmp / "edgelab0" / "metadata.json").read_text())
-            dataset = tmp / "edgelab0" / meta["dataset"]
+                for method in METHODS:
+                    if method == "seed":
+                        command = [sys.executable, __file__, "--threads", str(args.threads), "--seed-child",
+                                   url, str(start), str(end), str(tmp / ("seed%d" % r))]
+                    else:
+                        command = [sys.executable, "-m", "edgelab.experiments.extract", "--prometheus", url,
+                                   "--start", str(start), "--end", str(end), "--sampling", "1", "--segment_size",
+                                   "2000", "--n_threads", str(args.threads), "--api", method,
+                                   "--out", str(tmp / ("%s%d" % (method, r))), "--no-progress",
+                                   "--log-level", "WARNING"]
+                    runs[method].append(timed(command, prom.pid))
+                print("run %d: %s" % (r + 1, ", ".join("%s %.2fs %.0f MiB %.2f CPU-s" % (m, *runs[m][-1])
+                                                       for m in METHODS)))
+            metas = {m: json.loads((tmp / ("%s0" % m) / "metadata.json").read_text()) for m in METHODS[1:]}
             seed_bytes = sum(p.stat().st_size for p in (tmp / "seed0").iterdir())
+            sizes = {m: (tmp / ("%s0" % m) / metas[m]["dataset"]).stat().st_size for m in METHODS[1:]}
+            import pyarrow.parquet as pq
+
+            tables = [pq.read_table(tmp / ("%s0" % m) / metas[m]["dataset"]) for m in METHODS[1:]]
+            equal = tables[0].equals(tables[1])
         finally:
             prom.terminate()
             prom.wait(timeout=30)
-        seed_s = statistics.median(t for t, _m, _c in seed_runs)
-        edgelab_s = statistics.median(t for t, _m, _c in edgelab_runs)
-        seed_cpu = statistics.median(c for _t, _m, c in seed_runs)
-        edgelab_cpu = statistics.median(c for _t, _m, c in edgelab_runs)
-        result = {
-            "series": args.series, "metrics": args.metrics, "points": args.series * HOUR, "threads": args.threads,
-            "seed_s": round(seed_s, 2), "seed_peak_mib": round(max(m for _t, m, _c in seed_runs)),
-            "seed_output_mib": round(seed_bytes / 2**20, 1),
-            "edgelab_s": round(edgelab_s, 2), "edgelab_peak_mib": round(max(m for _t, m, _c in edgelab_runs)),
-            "edgelab_output_mib": round(dataset.stat().st_size / 2**20, 1), "edgelab_requests": meta["requests"],
-            "speedup": round(seed_s / edgelab_s, 2), "seed_cpu_s": round(seed_cpu, 2),
-            "edgelab_cpu_s": round(edgelab_cpu, 2), "cpu_ratio": round(seed_cpu / edgelab_cpu, 2),
-            "rows": meta["rows"], "columns": meta["series"],
-            "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-        }
-        print("seed %.2fs (peak %d MiB, %.2f CPU-s), edgelab %.2fs (peak %d MiB, %.2f CPU-s): %.1fx wall, %.1fx CPU; "
-              "target >= 5x: %s" % (seed_s, result["seed_peak_mib"], seed_cpu, edgelab_s, result["edgelab_peak_mib"],
-                                    edgelab_cpu, result["speedup"], result["cpu_ratio"],
-                                    "PASS" if result["speedup"] >= 5 else "FAIL"))
+        wall = {m: statistics.median(t for t, _m, _c in runs[m]) for m in METHODS}
+        cpu = {m: statistics.median(c for _t, _m, c in runs[m]) for m in METHODS}
+        peak = {m: max(mib for _t, mib, _c in runs[m]) for m in METHODS}
+        result: dict[str, object] = {"series": args.series, "metrics": args.metrics, "points": args.series * HOUR,
+                                     "threads": args.threads, "datasets_equal": equal,
+                                     "seed_output_mib": round(seed_bytes / 2**20, 1)}
+        for method in METHODS:
+            result.update({method + "_s": round(wall[method], 2), method + "_cpu_s": round(cpu[method], 2),
+                           method + "_peak_mib": round(peak[method])})
+        for method in METHODS[1:]:
+            result.update({method + "_output_mib": round(sizes[method] / 2**20, 1),
+                           method + "_requests": metas[method]["requests"],
+                           method + "_speedup": round(wall["seed"] / wall[method], 2),
+                           method + "_cpu_ratio": round(cpu["seed"] / cpu[method], 2)})
+        result.update(rows=metas["remote_read"]["rows"], columns=metas["remote_read"]["series"],
+                      load_average=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count())
+        for method in METHODS:
+            print("%-12s %6.2fs  peak %4d MiB  %5.2f CPU-s%s" % (
+                method, wall[method], peak[method], cpu[method], "" if method == "seed" else
+                "  %.1fx wall, %.1fx CPU vs seed" % (wall["seed"] / wall[method], cpu["seed"] / cpu[method])))
+        speedup = wall["seed"] / wall[DEFAULT]
+        print("datasets equal: %s; target %s (the default) >= 5x the seed (wall): %s"
+              % (equal, DEFAULT, "PASS" if speedup >= 5 else "FAIL"))
         print("RESULT " + json.dumps(result))
+        if not equal:
+            return 1
     return 0
 
 

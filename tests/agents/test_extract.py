@@ -90,3 +90,156 @@ def test_fast_matrix_decoding_matches_json() -> None:
 def test_series_names_print_like_promql() -> None:
     assert ex.series_name({"__name__": "up", "job": "node", "instance": 'a"b'}) == 'up{instance="a\\"b",job="node"}'
     assert ex.series_name({"__name__": "up"}) == "up"
+
+
+# ---------------------------------------------------------------- remote read
+# The protobuf library (installed with OpenTelemetry) builds the remote-read messages
+# from descriptors written here: an encoder and decoder independent of remote_read.py.
+def _messages() -> dict[str, type]:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    types = descriptor_pb2.FieldDescriptorProto
+    repeated, optional = types.LABEL_REPEATED, types.LABEL_OPTIONAL
+    layout: dict[str, list[tuple[str, int, int, int, str | None]]] = {
+        "Label": [("name", 1, types.TYPE_STRING, optional, None), ("value", 2, types.TYPE_STRING, optional, None)],
+        "Sample": [("value", 1, types.TYPE_DOUBLE, optional, None), ("timestamp", 2, types.TYPE_INT64, optional, None)],
+        "Exemplar": [("labels", 1, types.TYPE_MESSAGE, repeated, "Label"),
+                     ("value", 2, types.TYPE_DOUBLE, optional, None),
+                     ("timestamp", 3, types.TYPE_INT64, optional, None)],
+        "TimeSeries": [("labels", 1, types.TYPE_MESSAGE, repeated, "Label"),
+                       ("samples", 2, types.TYPE_MESSAGE, repeated, "Sample"),
+                       ("exemplars", 3, types.TYPE_MESSAGE, repeated, "Exemplar")],
+        "QueryResult": [("timeseries", 1, types.TYPE_MESSAGE, repeated, "TimeSeries")],
+        "ReadResponse": [("results", 1, types.TYPE_MESSAGE, repeated, "QueryResult")],
+        "LabelMatcher": [("type", 1, types.TYPE_INT32, optional, None), ("name", 2, types.TYPE_STRING, optional, None),
+                         ("value", 3, types.TYPE_STRING, optional, None)],
+        "Query": [("start_timestamp_ms", 1, types.TYPE_INT64, optional, None),
+                  ("end_timestamp_ms", 2, types.TYPE_INT64, optional, None),
+                  ("matchers", 3, types.TYPE_MESSAGE, repeated, "LabelMatcher")],
+        "ReadRequest": [("queries", 1, types.TYPE_MESSAGE, repeated, "Query"),
+                        ("accepted_response_types", 2, types.TYPE_INT32, repeated, None)],
+    }
+    proto = descriptor_pb2.FileDescriptorProto(name="edgelab_test_remote.proto", package="edgelabtest",
+                                               syntax="proto3")
+    for name, fields in layout.items():
+        message = proto.message_type.add(name=name)
+        for field_name, number, kind, label, type_name in fields:
+            field = message.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                field.type_name = ".edgelabtest." + type_name
+            if label == repeated and kind == types.TYPE_INT32:
+                field.options.packed = True
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName("edgelabtest." + name))
+            for name in layout}
+
+
+STALE = np.array([0x7FF0000000000002], dtype=np.uint64).view(np.float64)[0]
+
+
+def _response(messages: dict[str, type], queries: list[list[tuple[dict[str, str], list[tuple[int, float]]]]],
+              exemplar: bool = False) -> bytes:
+    response = messages["ReadResponse"]()
+    for series_list in queries:
+        result = response.results.add()
+        for labels, samples in series_list:
+            series = result.timeseries.add()
+            for name, text in labels.items():
+                series.labels.add(name=name, value=text)
+            for stamp, number in samples:
+                series.samples.add(timestamp=stamp, value=number)
+            if exemplar:
+                example = series.exemplars.add(value=1.0, timestamp=samples[0][0] if samples else 0)
+                example.labels.add(name="t", value="x")
+    return bytes(response.SerializeToString())
+
+
+def test_remote_read_decoder_matches_protobuf() -> None:
+    from edgelab.experiments import remote_read as rr
+
+    messages = _messages()
+    rng = np.random.default_rng(3)
+    t0 = 1_796_148_000_000
+    many = [(t0 + 1000 * i, float(rng.integers(1, 1000))) for i in range(3000)]
+    zeros = [(t, 0.0 if i % 997 == 5 else v) for i, (t, v) in enumerate(many)]  # a few short records
+    alternating = [(t, 0.0 if i % 2 else v) for i, (t, v) in enumerate(many[:400])]  # lengths change every record
+    special = [(t0, float("nan")), (t0 + 1, float("inf")), (t0 + 2, -float("inf")), (t0 + 3, STALE), (t0 + 4, -2.5),
+               (t0 + 5, 1e-300)]
+    odd_times = [(-5000, 1.0), (0, 2.0), (3, 3.0), (2**40, 4.0), (2**56 + 1, 5.0)]  # 10-, 0-, 1-, 6-, 9-byte varints
+    queries = [
+        [({"__name__": "a", "path": 'x"}', "\u00e9": "\u00fc"}, many), ({"__name__": "b"}, zeros),
+         ({"__name__": "c"}, alternating), ({"__name__": "d"}, []), ({"__name__": "e"}, special),
+         ({"__name__": "f"}, odd_times), ({"__name__": "g"}, [(t, 0.0) for t, _v in many[:50]])],
+        [],
+        [({"__name__": "tiny", "i": str(i)}, many[i:i + 3]) for i in range(300)],
+    ]
+    raw = _response(messages, queries)
+    decoded = rr.decode_read_response(raw)
+    assert len(decoded) == 3
+    for got, want in zip(decoded, queries, strict=True):
+        assert len(got) == len(want)
+        for series, (labels, samples) in zip(got, want, strict=True):
+            assert series.labels == labels
+            assert series.timestamps.tolist() == [t for t, _v in samples], labels
+            assert np.array_equal(series.values.view(np.uint64),
+                                  np.array([v for _t, v in samples], dtype=np.float64).view(np.uint64)), labels
+    # Counting without decoding.
+    assert rr.count_samples(raw) == [[len(samples) for _labels, samples in q] for q in queries]
+    # Exemplars after the samples are skipped; the series decoded alone give the same.
+    with_exemplars = rr.decode_read_response(_response(messages, queries[:1], exemplar=True))[0]
+    assert [s.timestamps.tolist() for s in with_exemplars] == [s.timestamps.tolist() for s in decoded[0]]
+    # Compressed on the wire with snappy's block format.
+    assert rr.decompress(rr.compress(raw)) == raw
+    with pytest.raises(rr.RemoteReadError, match="not snappy"):
+        rr.decompress(b"\x10 not snappy at all")
+    with pytest.raises(rr.RemoteReadError):
+        rr.decode_read_response(raw[: len(raw) // 2])
+
+
+def test_remote_read_request_as_protobuf_reads_it() -> None:
+    from edgelab.experiments import remote_read as rr
+
+    messages = _messages()
+    body = rr.encode_read_request([(1000, 2000, [(2, "__name__", "a|b"), (1, "job", "\u00e9")]),
+                                   (-5, 0, [(0, "__name__", "up")])])
+    request = messages["ReadRequest"]()
+    request.ParseFromString(body)
+    assert list(request.accepted_response_types) == [0]  # SAMPLES
+    first, second = request.queries
+    assert (first.start_timestamp_ms, first.end_timestamp_ms) == (1000, 2000)
+    assert [(m.type, m.name, m.value) for m in first.matchers] == [(2, "__name__", "a|b"), (1, "job", "\u00e9")]
+    assert (second.start_timestamp_ms, second.end_timestamp_ms) == (-5, 0)
+    assert [(m.type, m.name, m.value) for m in second.matchers] == [(0, "__name__", "up")]
+
+
+def test_resampling_follows_the_range_query_rules() -> None:
+    from edgelab.experiments.remote_read import RawSeries, resample
+
+    times = np.array([10_000, 20_000, 25_000, 40_000], dtype=np.int64)
+    values = np.array([1.0, 2.0, STALE, float("nan")])
+    grid = np.array([5_000, 10_000, 15_000, 20_000, 24_000, 25_000, 30_000, 40_000, 44_000, 45_000, 46_000])
+    series = RawSeries({"__name__": "x"}, times, values)
+    got, count = resample(series, grid, 5_000, left_open=False)
+    # before the first sample | at it | within the lookback | stale | real NaN | lookback closed at 5 s
+    expected = [np.nan, 1.0, 1.0, 2.0, 2.0, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan]
+    assert np.array_equal(got, expected, equal_nan=True)
+    assert count == 7  # the NaN sample at 40 s is a value (in 40, 44, 45), the stale marker is not
+    got, count = resample(series, grid, 5_000, left_open=True)  # Prometheus 3: a sample 5 s old is out
+    assert count == 5 and np.isnan(got[2]) and np.isnan(got[9]) and got[1] == 1.0 and np.isnan(got[8])
+    assert resample(RawSeries({}, np.empty(0, dtype=np.int64), np.empty(0)), grid, 5_000, left_open=False)[1] == 0
+    # Out-of-order samples are put in order first.
+    shuffled = RawSeries({}, times[::-1].copy(), values[::-1].copy())
+    assert np.array_equal(resample(shuffled, grid, 5_000, left_open=False)[0], expected, equal_nan=True)
+
+
+def test_series_selectors_become_matchers() -> None:
+    from edgelab.experiments.remote_read import parse_selector
+
+    assert parse_selector("up") == [(0, "__name__", "up")]
+    assert parse_selector(' node_cpu_seconds_total{mode!="idle", cpu=~\'1|2\',job!~`x"y`} ') == [
+        (0, "__name__", "node_cpu_seconds_total"), (1, "mode", "idle"), (2, "cpu", "1|2"), (3, "job", 'x"y')]
+    assert parse_selector('{__name__="lab_cpu_busy_ratio",path="a\\"]]}\\nb"}') == [
+        (0, "__name__", "lab_cpu_busy_ratio"), (0, "path", 'a"]]}\nb')]
+    for expression in ("rate(up[1m])", "up + 1", 'sum(up{job="a"})', "up[5m]", '{job=~".*"}', "", "up offset 5m"):
+        assert parse_selector(expression) is None, expression

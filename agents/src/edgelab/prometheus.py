@@ -445,12 +445,17 @@ class PrometheusClient:
                 delay = max(delay, min(self.max_backoff, float(retry_after)))
         return delay
 
+    def _headers(self, url: str, body: bytes | None) -> dict[str, str]:
+        """The request's headers besides Authorization (a subclass may speak another format)."""
+        headers = {"Accept": "application/json", "User-Agent": "edgelab-prometheus-client"}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return headers
+
     def _once(self, url: str, body: bytes | None) -> tuple[int, bytes, str | None]:
         request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-        request.add_header("Accept", "application/json")
-        request.add_header("User-Agent", "edgelab-prometheus-client")
-        if body is not None:
-            request.add_header("Content-Type", "application/x-www-form-urlencoded")
+        for name, value in self._headers(url, body).items():
+            request.add_header(name, value)
         if self._authorization:
             request.add_unredirected_header("Authorization", self._authorization)  # not sent on to a redirect
         log.debug("Prometheus %s %s", request.get_method(), url.split("?", 1)[0])

@@ -6,13 +6,26 @@ Times: --start and --end are ISO 8601 with a zone ("2024-01-30T19:10:15+02:00",
 
 What: every series (default) or those of --selector (repeatable, a PromQL series
 selector). Series are found with /api/v1/series, grouped by metric family (the name
-up to its second "_"), and families are packed into range queries with one
-`{__name__=~"a|b|..."}` matcher each, at most --max-points-per-request points per
-query; a --selector is queried as it is.
+up to its second "_"), and families are packed into requests with one
+`{__name__=~"a|b|..."}` matcher each, at most --max-points-per-request points (raw
+samples for remote read) per request; a --selector is queried as it is.
+
+API (--api): query_range (default) uses JSON range queries. remote_read reads the
+raw samples of every segment and the lookback before it with Prometheus's remote-read
+API (POST /api/v1/read, snappy protobuf; Prometheus serves it by default) and
+resamples them to the --sampling grid exactly as a range query evaluates (the last
+sample no older than --lookback, none after a staleness marker), so the dataset is
+the same as query_range's; it moves fewer bytes (snappy) but, measured against
+Prometheus 2.42 on loopback, costs more CPU (docs/benchmarks.md). Its requests are
+sized by raw samples: a probe reads 30 s of every series at the start, middle and
+end of the range to find the densest. Remote read adds the server's external labels;
+they are removed. auto is remote read with range queries where it cannot serve: a
+server or proxy that answers /api/v1/read with 404, 405, 406, 415 or 501, and a
+--selector that is an expression rather than a series selector.
 
 How: the range is cut at --sampling seconds into segments of --segment_size
 evaluation points (at most 11,000, Prometheus's limit per series); --n_threads
-queries run at once, each retried with exponential backoff on connection errors,
+requests run at once, each retried with exponential backoff on connection errors,
 timeouts, 429 and 5xx (--retries). Every finished (segment, query) is written at once
 as an Arrow part under OUT/parts/ and recorded in OUT/manifest.json, so memory
 does not grow with the range and a rerun of the same command after an interruption
@@ -20,8 +33,8 @@ skips what is done. At the end the parts are merged, one segment at a time, into
 OUT/dataset.parquet (or OUT/dataset.csv with --format csv): a `timestamp` column
 (UTC; epoch seconds in CSV) and one float column per series named as PromQL prints
 it (`name{label="value",...}`), empty where Prometheus had no value; OUT/metadata.json
-records the range, the step, the queries, every column's labels and the timings.
-`edgelab-sro evaluate --dataset OUT/dataset.parquet` reads it as it is.
+records the range, the step, the queries and their API, every column's labels and
+the timings. `edgelab-sro evaluate --dataset OUT/dataset.parquet` reads it as it is.
 
 Prometheus: --prometheus URL (or PROMETHEUS_URL), --username with --password-file
 (or PROMETHEUS_USERNAME and PROMETHEUS_PASSWORD_FILE), --ca-file.
@@ -50,13 +63,14 @@ import numpy as np
 
 from .. import cli
 from ..config import ConfigError
-from ..prometheus import PrometheusClient, PrometheusError, PrometheusQueryError
+from ..prometheus import PrometheusClient, PrometheusError, PrometheusHTTPError, PrometheusQueryError
+from .remote_read import RemoteReadClient, RemoteReadError, parse_selector, resample_many
 
 log = logging.getLogger(__name__)
 
 PROG = "edgelab-extract"
 MAX_POINTS = 11_000  # evaluation times per series in one range query (Prometheus's limit)
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 ALL_SERIES = '{__name__=~".+"}'
 LOOKBACK_S = 300.0  # Prometheus's default --query.lookback-delta
 
@@ -137,9 +151,18 @@ def family(name: str) -> str:
     return "_".join(parts[:2])
 
 
+def name_regex(names: Sequence[str]) -> str:
+    """A regular expression matching exactly these metric names."""
+    return "|".join(re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", n) for n in sorted(names))
+
+
 def name_matcher(names: Sequence[str]) -> str:
-    escaped = "|".join(re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", n) for n in sorted(names))
-    return '{__name__=~"%s"}' % escaped.replace("\\", "\\\\").replace('"', '\\"')
+    return '{__name__=~"%s"}' % name_regex(names).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _query(names: Sequence[str], size: int) -> dict[str, Any]:
+    return {"query": name_matcher(names), "series": size, "metrics": len(names),
+            "matchers": [(2, "__name__", name_regex(names))]}
 
 
 def plan_queries(series: Sequence[dict[str, str]], points: int, max_points: int) -> list[dict[str, Any]]:
@@ -176,12 +199,12 @@ def plan_queries(series: Sequence[dict[str, str]], points: int, max_points: int)
     for names in groups:
         weight = sum(counts[n] for n in names)
         if current and size + weight > budget:
-            queries.append({"query": name_matcher(current), "series": size, "metrics": len(current)})
+            queries.append(_query(current, size))
             current, size = [], 0
         current.extend(names)
         size += weight
     if current:
-        queries.append({"query": name_matcher(current), "series": size, "metrics": len(current)})
+        queries.append(_query(current, size))
     return queries
 
 
@@ -268,8 +291,8 @@ def _decode_fast(body: bytes) -> list[tuple[dict[str, str], np.ndarray, np.ndarr
                                                                 null_values=[], strings_can_be_null=False))
     if table.num_rows != total:
         raise ValueError("decoded %d points, expected %d" % (table.num_rows, total))
-    times = table.column("t").to_numpy()
-    values_ = table.column("v").to_numpy()
+    times = numpy_of(table.column("t"))
+    values_ = numpy_of(table.column("v"))
     out = []
     offset = 0
     for lab, count in zip(labels, counts, strict=True):
@@ -294,10 +317,7 @@ def part_path(out: Path, segment: int, query: int) -> Path:
 
 
 def fetch_part(client: PrometheusClient, query: str, segment: Segment, step: float, path: Path) -> int:
-    """One range query for one segment, written as a part (an Arrow IPC file: no
-    encoding or compression to pay twice); its point count."""
-    import pyarrow as pa
-
+    """One range query for one segment, written as a part; its point count."""
     end = segment.end(step)
     try:
         body = client.query_range_raw(query, segment.start, end, step)
@@ -318,20 +338,90 @@ def fetch_part(client: PrometheusClient, query: str, segment: Segment, step: flo
         keep = (index >= 0) & (index < segment.points)
         column[index[keep]] = values[keep]
         points += int(keep.sum())
+    write_part(path, segment, step, columns, labels)
+    return points
+
+
+def grid_ms(segment: Segment, step: float) -> np.ndarray:
+    """The segment's evaluation times in milliseconds, as they are stored."""
+    return np.rint((segment.start + np.arange(segment.points) * step) * 1000).astype(np.int64)
+
+
+def fetch_part_remote(client: RemoteReadClient, query: dict[str, Any], segment: Segment, step: float, path: Path,
+                      server: dict[str, Any]) -> tuple[int, int]:
+    """One remote read of query's matchers over the segment and the lookback before
+    it, resampled to the segment's grid as a range query evaluates it and written as
+    a part; (points, raw samples)."""
+    grid = grid_ms(segment, step)
+    lookback_ms = round(server["lookback"] * 1000)
+    matchers = [(int(kind), str(name), str(value)) for kind, name, value in query["matchers"]]
+    try:
+        found = client.read([(int(grid[0]) - lookback_ms, int(grid[-1]), matchers)])
+    except PrometheusQueryError as exc:
+        raise cli.InputError("remote read of %s from %s to %s: %s"
+                             % (query["query"], iso(segment.start), iso(segment.end(step)), exc)) from None
+    except (PrometheusError, RemoteReadError) as exc:
+        raise ExtractError("remote read of %s from %s to %s: %s"
+                           % (query["query"], iso(segment.start), iso(segment.end(step)), exc)) from None
+    external = server["external_labels"]
+    columns: dict[str, np.ndarray] = {}
+    labels: dict[str, dict[str, str]] = {}
+    series = found[0] if found else []
+    values, counts = resample_many(series, grid, lookback_ms, left_open=server["left_open"])
+    points, samples = int(counts.sum()), sum(len(raw.timestamps) for raw in series)
+    for raw, row, count in zip(series, values, counts.tolist(), strict=True):
+        if count == 0:
+            continue  # a range query leaves out a series without a value in the segment
+        lab = {k: v for k, v in raw.labels.items() if external.get(k) != v}
+        name = series_name(lab)
+        columns[name] = row
+        labels[name] = lab
+    write_part(path, segment, step, columns, labels)
+    return points, samples
+
+
+def numpy_of(column: Any) -> np.ndarray:
+    """A numpy view of an int64 or float64 Arrow (chunked) array without nulls. Taken
+    from the buffer rather than with to_numpy(), which imports pandas when it is
+    installed (half a second)."""
+    import pyarrow as pa
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count:
+        raise ValueError("a column with nulls")
+    kind = np.float64 if pa.types.is_float64(array.type) else np.int64
+    return np.frombuffer(array.buffers()[1], dtype=kind, count=len(array), offset=array.offset * 8)
+
+
+def arrow_array(values: np.ndarray, kind: Any) -> Any:
+    """An Arrow array over a numpy array's memory (int64 or float64, no nulls). Built
+    from the buffer rather than with pa.array(), whose first call imports pandas when it
+    is installed (half a second)."""
+    import pyarrow as pa
+
+    data = np.ascontiguousarray(values, dtype=np.int64 if pa.types.is_timestamp(kind) else np.float64)
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
+
+
+def write_part(path: Path, segment: Segment, step: float, columns: dict[str, np.ndarray],
+               labels: dict[str, dict[str, str]]) -> None:
+    """A part: an Arrow IPC file (no encoding or compression to pay twice) with the
+    segment's timestamps and one column per series, labels in its metadata."""
+    import pyarrow as pa
+
     names = sorted(columns)
-    grid = segment.start + np.arange(segment.points) * step
-    arrays = [pa.array(np.rint(grid * 1000).astype(np.int64), type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))]
-    arrays += [pa.array(columns[n], type=pa.float64()) for n in names]
+    arrays = [arrow_array(grid_ms(segment, step), pa.timestamp("ms", tz="UTC"))]
+    arrays += [arrow_array(columns[n], pa.float64()) for n in names]
     schema = pa.schema([pa.field("timestamp", pa.timestamp("ms", tz="UTC"))]
                        + [pa.field(n, pa.float64()) for n in names],
                        metadata={b"edgelab.labels": json.dumps([labels[n] for n in names]).encode()})
     table = pa.Table.from_arrays(arrays, schema=schema)
+
     def write(tmp: str) -> None:
         with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(table)
 
     _atomic_bytes(path, write)
-    return points
 
 
 class Manifest:
@@ -343,7 +433,7 @@ class Manifest:
         self.lock = threading.Lock()
 
     def save(self) -> None:
-        text = json.dumps(self.data, indent=1) + "\n"
+        text = json.dumps(self.data, separators=(",", ":")) + "\n"  # compact: json's fast encoder
         _atomic_bytes(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def segment_done(self, index: int) -> None:
@@ -402,7 +492,7 @@ def merge(out: Path, plan: list[Segment], n_queries: int, fmt: str) -> tuple[Pat
                     arrays = [timestamps] + [merged.get(n, missing) for n in names]
                     writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                 else:
-                    seconds = pa.array(timestamps.cast(pa.int64()).to_numpy(zero_copy_only=False) / 1000.0)
+                    seconds = arrow_array(numpy_of(timestamps.cast(pa.int64())) / 1000.0, pa.float64())
                     arrays = [seconds] + [merged.get(n, missing) for n in names]
                     writer.write_table(pa.Table.from_arrays(arrays, schema=csv_schema))
                 rows += segment.points
@@ -413,16 +503,108 @@ def merge(out: Path, plan: list[Segment], n_queries: int, fmt: str) -> tuple[Pat
     return target, names, {"rows": rows, "labels": labels}
 
 
+NOT_SERVED = frozenset({404, 405, 406, 415, 501})  # statuses of a server or proxy without remote read
+
+
+def remote_read_server(client: PrometheusClient, api: str, lookback: float, at: float) -> dict[str, Any] | None:
+    """What resampling remote-read samples needs to know about the server (lookback,
+    whether it is left-open, external labels), or None when api is "auto" and the
+    server does not serve remote read (a clear error when api is "remote_read")."""
+    if not isinstance(client, RemoteReadClient):
+        return None
+    probe = [(round(at * 1000) - 1, round(at * 1000), [(0, "__name__", "edgelab_extract_probe")])]
+    try:
+        client.read(probe)
+    except (PrometheusHTTPError, RemoteReadError) as exc:
+        if isinstance(exc, PrometheusHTTPError) and exc.status not in NOT_SERVED:
+            raise ExtractError("remote read: %s" % exc) from None
+        if api == "remote_read":
+            raise cli.InputError("%s does not serve remote read (%s%s): use --api query_range or auto"
+                                 % (client.url, exc, "" if isinstance(exc, PrometheusError)
+                                    else "; a proxy in between?")) from None
+        log.warning("%s does not serve remote read (%s); using range queries", client.url, exc)
+        return None
+    except PrometheusError as exc:
+        raise ExtractError("remote read: %s" % exc) from None
+    try:
+        version = str(client.buildinfo().get("version", ""))
+        external = client.external_labels()
+    except PrometheusError as exc:
+        raise ExtractError("reading Prometheus's version and external labels: %s" % exc) from None
+    major = re.match(r"(\d+)\.", version)
+    return {"version": version, "lookback": lookback, "left_open": bool(major and int(major.group(1)) >= 3),
+            "external_labels": external}
+
+
+PROBE_S = 30  # seconds of raw samples read at three times to estimate how dense series are
+
+
+def raw_samples_per_series(client: RemoteReadClient, plan: list[Segment], step: float, lookback: float) -> int:
+    """An upper estimate of the raw samples one series has in a segment and the lookback
+    before it, from the densest series in PROBE_S seconds at the start, middle and end
+    of the range; at least one sample per evaluation time. Remote read's window, like a
+    range query's, is thus bounded by samples, not seconds."""
+    first, last = plan[0].start, plan[-1].end(step)
+    times = sorted({round(first * 1000), round((first + last) / 2 * 1000), round(last * 1000)})
+    try:
+        found = client.read_counts([(t - PROBE_S * 1000, t, [(2, "__name__", ".+")]) for t in times])
+    except (PrometheusError, RemoteReadError) as exc:
+        raise ExtractError("remote read of %ds to estimate sample density: %s" % (PROBE_S, exc)) from None
+    densest = max([count for result in found for count in result], default=0) / PROBE_S
+    seconds = (plan[0].points - 1) * step + lookback
+    return max(plan[0].points, math.ceil(densest * seconds) + 1)
+
+
+def plan_remote(client: PrometheusClient, plan: list[Segment], step: float, selectors: Sequence[str],
+                max_points: int, api: str, server: dict[str, Any] | None,
+                lookback: float) -> tuple[list[dict[str, Any]], int]:
+    """The queries of an extraction, each with the API that fetches it; the series found."""
+    if selectors:
+        queries: list[dict[str, Any]] = []
+        for selector in selectors:
+            matchers = parse_selector(selector) if server is not None else None
+            if matchers is None and api == "remote_read":
+                raise cli.InputError("remote read takes series selectors (name{label=\"value\",...}), not %r: "
+                                     "use --api query_range or auto" % selector)
+            queries.append({"query": selector, "series": None, "metrics": None,
+                            "api": "query_range" if matchers is None else "remote_read",
+                            **({"matchers": matchers} if matchers is not None else {})})
+        return queries, 0
+    try:
+        # Range queries see samples up to the lookback before each evaluation time.
+        found = client.series(ALL_SERIES, plan[0].start - lookback, plan[-1].end(step))
+    except PrometheusError as exc:
+        raise ExtractError("listing series: %s" % exc) from None
+    if not found:
+        raise cli.InputError("Prometheus has no series between %s and %s" % (iso(plan[0].start),
+                                                                             iso(plan[-1].end(step))))
+    if server is None:
+        queries = plan_queries(found, plan[0].points, max_points)
+        for query in queries:
+            del query["matchers"]
+            query["api"] = "query_range"
+        return queries, len(found)
+    assert isinstance(client, RemoteReadClient)
+    cost = raw_samples_per_series(client, plan, step, lookback)
+    queries = plan_queries(found, cost, max_points)
+    for query in queries:
+        query["api"] = "remote_read"
+        query["raw_samples_per_series"] = cost
+    return queries, len(found)
+
+
 def run_extraction(client: PrometheusClient, out: Path, *, start: float, end: float, step: float,
                    segment_size: int, selectors: Sequence[str], n_threads: int, max_points: int,
-                   fmt: str = "parquet", progress: bool = True) -> dict[str, Any]:
+                   fmt: str = "parquet", progress: bool = True, api: str = "query_range",
+                   lookback: float = LOOKBACK_S) -> dict[str, Any]:
     """Plan (or resume), fetch every missing part, merge; the metadata."""
     from tqdm import tqdm
 
     began = time.monotonic()
     plan = segments(start, end, step, segment_size)
     params = {"prometheus": client.url, "start": start, "end": end, "step": step, "segment_size": segment_size,
-              "selectors": list(selectors), "max_points_per_request": max_points}
+              "selectors": list(selectors), "max_points_per_request": max_points, "api": api,
+              "lookback": lookback}
     out.mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
     manifest_path = out / "manifest.json"
@@ -438,25 +620,20 @@ def run_extraction(client: PrometheusClient, out: Path, *, start: float, end: fl
                                      if params.get(k) != v) or "other version"))
         manifest = Manifest(manifest_path, data)
         queries = data["queries"]
+        server = data.get("remote_read")
         log.info("resuming %s: %d of %d segments done", out, len(data["done"]), len(plan))
     else:
-        found: list[dict[str, str]] = []
-        if not selectors:
-            try:
-                # Range queries see samples up to the lookback (5 min) before each step.
-                found = client.series(ALL_SERIES, plan[0].start - LOOKBACK_S, plan[-1].end(step))
-            except PrometheusError as exc:
-                raise ExtractError("listing series: %s" % exc) from None
-            if not found:
-                raise cli.InputError("Prometheus has no series between %s and %s" % (iso(start), iso(end)))
-            queries = plan_queries(found, plan[0].points, max_points)
-        else:
-            queries = [{"query": s, "series": None, "metrics": None} for s in selectors]
+        server = None if api == "query_range" else remote_read_server(client, api, lookback, plan[-1].end(step))
+        queries, found = plan_remote(client, plan, step, selectors, max_points, api, server, lookback)
         manifest = Manifest(manifest_path, {"version": MANIFEST_VERSION, "params": params, "queries": queries,
-                                            "segments": len(plan), "done": [], "created": iso(time.time())})
+                                            "remote_read": server, "segments": len(plan), "done": [],
+                                            "created": iso(time.time())})
         manifest.save()
-        log.info("%s in %d queries, %d segments of up to %d points",
-                 "%d series" % len(found) if found else "selectors", len(queries), len(plan), segment_size)
+        log.info("%s in %d queries (%s), %d segments of up to %d points",
+                 "%d series" % found if found else "selectors", len(queries),
+                 ", ".join(sorted({q["api"] for q in queries})), len(plan), segment_size)
+    if server is not None and not isinstance(client, RemoteReadClient):
+        raise cli.InputError("%s was planned for remote read: resume it with edgelab-extract" % out)
     done_segments = set(manifest.data["done"])
     reused = len(done_segments)
     tasks = [(segment, q) for segment in plan if segment.index not in done_segments
@@ -467,16 +644,22 @@ def run_extraction(client: PrometheusClient, out: Path, *, start: float, end: fl
     for segment in plan:  # parts all there from an interrupted run, segment not yet recorded
         if segment.index not in done_segments and segment.index not in remaining:
             manifest.segment_done(segment.index)
-    points = 0
+    points = samples = 0
     lock = threading.Lock()
     bar = tqdm(total=len(tasks), unit="query", desc=PROG, disable=None if progress else True, file=sys.stderr,
                leave=False)
 
     def work(segment: Segment, q: int) -> None:
-        nonlocal points
-        got = fetch_part(client, queries[q]["query"], segment, step, part_path(out, segment.index, q))
+        nonlocal points, samples
+        path = part_path(out, segment.index, q)
+        if queries[q].get("api") == "remote_read":
+            assert server is not None and isinstance(client, RemoteReadClient)
+            got, raw = fetch_part_remote(client, queries[q], segment, step, path, server)
+        else:
+            got, raw = fetch_part(client, queries[q]["query"], segment, step, path), 0
         with lock:
             points += got
+            samples += raw
             remaining[segment.index] -= 1
             finished = remaining[segment.index] == 0
             bar.update(1)
@@ -510,14 +693,26 @@ def run_extraction(client: PrometheusClient, out: Path, *, start: float, end: fl
         "requested": {"start": iso(start), "end": iso(end)},
         "prometheus": client.url, "selectors": list(selectors) or [ALL_SERIES], "queries": queries,
         "segments": len(plan), "segment_size": segment_size, "segments_reused": reused,
-        "requests": len(tasks), "points_fetched": points,
+        "requests": len(tasks), "points_fetched": points, "raw_samples_fetched": samples,
+        "apis": sorted({q.get("api", "query_range") for q in queries}),
         "fetch_seconds": round(fetched - began, 3), "merge_seconds": round(time.monotonic() - fetched, 3),
         "elapsed_seconds": round(elapsed, 3),
         "columns": [{"name": n, "labels": merged["labels"].get(n, {})} for n in names],
         "created": iso(time.time()),
     }
-    cli.write_atomic(str(out / "metadata.json"), json.dumps(metadata, indent=1) + "\n")
+    cli.write_atomic(str(out / "metadata.json"), readable_json(metadata))
     return metadata
+
+
+def readable_json(data: dict[str, Any]) -> str:
+    """JSON with a line per key and per item of a list value, the rest compact: as easy
+    to read as an indented file and written by json's fast encoder."""
+    def value(item: Any) -> str:
+        if isinstance(item, list) and item:
+            return "[\n  " + ",\n  ".join(json.dumps(element) for element in item) + "\n ]"
+        return json.dumps(item)
+
+    return "{\n" + ",\n".join(" %s: %s" % (json.dumps(key), value(item)) for key, item in data.items()) + "\n}\n"
 
 
 def _raise_first(finished: set[Future[None]], pending: set[Future[None]]) -> None:
@@ -545,6 +740,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--max-points-per-request", type=int, default=250_000, metavar="N",
                       help="points per range query when packing metric families (default 250000)")
     how = parser.add_argument_group("how")
+    how.add_argument("--api", choices=("query_range", "remote_read", "auto"), default="query_range",
+                     help="query_range (default, the faster here: docs/benchmarks.md): JSON range queries. "
+                          "remote_read: raw samples from /api/v1/read (snappy protobuf, fewer bytes), "
+                          "resampled to the --sampling grid exactly as a range query evaluates, the same "
+                          "dataset; Prometheus serves it by default (a proxy in front may not). auto: remote "
+                          "read, with range queries when the server does not serve it or for a --selector that "
+                          "is a PromQL expression rather than a series selector")
+    how.add_argument("--lookback", type=float, default=LOOKBACK_S, metavar="SECONDS",
+                     help="the server's --query.lookback-delta, for resampling remote-read samples (default 300)")
     how.add_argument("--n_threads", type=int, default=4, help="queries at once (default 4)")
     how.add_argument("--retries", type=int, default=5, help="retries per query with backoff (default 5)")
     how.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
@@ -558,13 +762,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prom.add_argument("--ca-file", metavar="FILE", help="CA bundle for https")
 
 
-def make_client(args: argparse.Namespace) -> PrometheusClient:
+def make_client(args: argparse.Namespace) -> RemoteReadClient:
     env = os.environ
     url = args.prometheus or env.get("PROMETHEUS_URL")
     if not url:
         raise ConfigError("give --prometheus URL or set PROMETHEUS_URL")
     try:
-        return PrometheusClient(url, username=args.username or env.get("PROMETHEUS_USERNAME") or None,
+        return RemoteReadClient(url, username=args.username or env.get("PROMETHEUS_USERNAME") or None,
                                 password_file=args.password_file or env.get("PROMETHEUS_PASSWORD_FILE") or None,
                                 ca_file=args.ca_file or env.get("PROMETHEUS_CA_FILE") or None,
                                 timeout=args.timeout, retries=args.retries)
@@ -587,6 +791,8 @@ def start(args: argparse.Namespace) -> None:
                              % (iso(t1), iso(now)))
     if args.n_threads < 1 or args.retries < 0 or args.max_points_per_request < 1:
         raise cli.InputError("--n_threads and --max-points-per-request must be >= 1, --retries >= 0")
+    if not (math.isfinite(args.lookback) and args.lookback > 0):
+        raise cli.InputError("--lookback must be > 0 seconds, got %g" % args.lookback)
     for selector in args.selector:
         if not selector.strip():
             raise cli.InputError("--selector is empty")
@@ -598,11 +804,11 @@ def start(args: argparse.Namespace) -> None:
     metadata = run_extraction(client, Path(args.out), start=t0, end=t1, step=args.sampling,
                               segment_size=args.segment_size, selectors=args.selector, n_threads=args.n_threads,
                               max_points=args.max_points_per_request, fmt=args.format,
-                              progress=not args.no_progress)
-    print("%s: %d rows x %d series, %s .. %s every %gs, %d requests (%d segments reused) in %.1fs" % (
+                              progress=not args.no_progress, api=args.api, lookback=args.lookback)
+    print("%s: %d rows x %d series, %s .. %s every %gs, %d requests (%s; %d segments reused) in %.1fs" % (
         Path(args.out) / metadata["dataset"], metadata["rows"], metadata["series"], metadata["start"],
-        metadata["end"], metadata["step_seconds"], metadata["requests"], metadata["segments_reused"],
-        metadata["elapsed_seconds"]))
+        metadata["end"], metadata["step_seconds"], metadata["requests"], "+".join(metadata["apis"]),
+        metadata["segments_reused"], metadata["elapsed_seconds"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
