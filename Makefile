@@ -13,7 +13,7 @@ LAB_ARGS ?=
 PLAYBOOKS := $(wildcard playbooks/*.yml)
 SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: lab lab-down site lint syntax sanity unit molecule test clean
+.PHONY: lab lab-down site drills lint syntax sanity unit molecule test clean
 
 # The controller's virtualenv with the pinned requirements.
 $(VENV): requirements.txt
@@ -30,6 +30,12 @@ lab: $(VENV)
 ## site: converge site.yml on the lab that is up
 site: $(VENV)
 	ansible-playbook -i inventory/lab playbooks/site.yml
+
+## drills: the fault drills against the lab (docs/drills.md); DRILLS=kafka,consumer
+## runs some of them (tags: ejabberd consumer host prometheus mlflow kafka)
+DRILLS ?=
+drills: $(VENV)
+	ansible-playbook -i inventory/lab playbooks/drills.yml $(if $(DRILLS),--tags $(DRILLS))
 
 ## lab-down: remove the lab (containers, overlays, bridge, proxy, inventory)
 lab-down: $(VENV)
