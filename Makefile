@@ -75,7 +75,7 @@ molecule: $(VENV)
 ## two cores and much of a scenario is waiting on hosts): pytest followed by
 ## the scenarios in LANE1_SCENARIOS, and the other scenarios. Each line is
 ## prefixed with its lane; each lane prints its time.
-LANE1_SCENARIOS ?= base ejabberd monitoring
+LANE1_SCENARIOS ?= base ejabberd
 test: lint
 	@rc=0; t0=$$(date +%s); \
 	lane1="$(filter $(LANE1_SCENARIOS),$(SCENARIOS))"; lane2="$(filter-out $(LANE1_SCENARIOS),$(SCENARIOS))"; \

@@ -75,9 +75,7 @@ def render_inventory(playbook, tmp_path: Path, hosts: str) -> dict:
           tasks:
             - name: Hosts as the role computes them
               ansible.builtin.set_fact:
-                lab_host_list: "{{{{ lab_host_list | default([]) + [{{'name': lab_name ~ item,
-                  'address': lab_subnet | ansible.utils.nthhost(10 + item)}}] }}}}"
-              loop: "{{{{ range(1, lab_host_count + 1) | list }}}}"
+                lab_host_list: "{{{{ lab_host_plan }}}}"
             - name: Write it
               ansible.builtin.template:
                 src: {ROLE}/templates/hosts.yml.j2
