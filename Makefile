@@ -22,10 +22,15 @@ $(VENV): requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $(VENV)
 
-## lab: bring up (or reuse) the lab and converge site.yml on it
+## lab: bring up (or reuse) the lab, converge site.yml on it, run the
+## experiment LAB_EXPERIMENT (experiments/NAME.yml; empty: none) and print
+## the summary (hosts, URLs, credential files, the run's report and MLflow run)
+LAB_EXPERIMENT ?= lab-smoke
 lab: $(VENV)
 	ansible-playbook playbooks/lab.yml $(LAB_ARGS)
-	ansible-playbook -i inventory/lab playbooks/site.yml
+	ansible-playbook -i inventory/lab playbooks/site.yml $(if $(LAB_EXPERIMENT),--skip-tags summary)
+	$(if $(LAB_EXPERIMENT),rc=0; ansible-playbook -i inventory/lab playbooks/experiment.yml -e experiment=$(LAB_EXPERIMENT) || rc=$$?; \
+	  ansible-playbook -i inventory/lab playbooks/summary.yml; exit $$rc)
 
 ## site: converge site.yml on the lab that is up
 site: $(VENV)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from support.mlflow_server import MlflowServer, free_port, unique_name
 from support.tansu import running_broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,3 +108,133 @@ def test_skip_backlog_then_dump_since(tmp_path: Path) -> None:
 def test_bad_bootstrap_is_one_line(tmp_path: Path) -> None:
     run = helper("dump", "--bootstrap", "nohostport", "--topic", "t", "--since", "0", "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "HOST:PORT" in run.stderr and "Traceback" not in run.stderr
+
+
+def committed_total(address: str, topic: str, group: str) -> int | None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    client = KafkaConsumer(bootstrap_servers=address, group_id=group, enable_auto_commit=False)
+    try:
+        offsets = [client.committed(TopicPartition(topic, p)) for p in sorted(client.partitions_for_topic(topic))]
+    finally:
+        client.close()
+    return None if all(o is None for o in offsets) else sum(o or 0 for o in offsets)
+
+
+def test_the_run_group_moves_before_its_first_member_and_only_then(tmp_path: Path) -> None:
+    """The playbook moves the run's new group past the backlog before any consumer is
+    told its name: the commit cannot meet a member. A group that has offsets (it had
+    members; some may be alive) is left as it is with --if-new, and a commit while a
+    member is alive fails with one line instead of a traceback."""
+    from kafka import KafkaConsumer
+
+    with running_broker("frames") as address:
+        produce(address, "frames", [b"old-%d" % n for n in range(5)])
+        first = helper("skip-backlog", "--if-new", "--bootstrap", address, "--topic", "frames", "--group", "run-2")
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["committed"] == 5
+        assert committed_total(address, "frames", "run-2") == 5
+
+        member = KafkaConsumer("frames", bootstrap_servers=address, group_id="run-2", auto_offset_reset="earliest",
+                               enable_auto_commit=False, session_timeout_ms=30000)
+        try:
+            deadline = time.monotonic() + 60
+            while not member.assignment() and time.monotonic() < deadline:
+                member.poll(timeout_ms=1000)
+            assert member.assignment(), "the member got no partitions within 60 s"
+            produce(address, "frames", [b"new-%d" % n for n in range(2)])
+            seen: list[bytes] = []
+            while len(seen) < 2 and time.monotonic() < deadline + 30:
+                for records in member.poll(timeout_ms=1000).values():
+                    seen.extend(record.value for record in records)
+            assert seen == [b"new-0", b"new-1"]
+            member.commit()
+
+            # More frames nobody reads: --if-new keeps the group where its members left it.
+            produce(address, "frames", [b"later-%d" % n for n in range(3)])
+            again = helper("skip-backlog", "--if-new", "--bootstrap", address, "--topic", "frames", "--group", "run-2")
+            assert again.returncode == 0, again.stderr
+            assert json.loads(again.stdout)["committed"] is None
+            assert committed_total(address, "frames", "run-2") == 7
+
+            # Without --if-new, the commit meets the live member: one line, exit 2.
+            forced = helper("skip-backlog", "--bootstrap", address, "--topic", "frames", "--group", "run-2")
+            assert forced.returncode == 2, (forced.stdout, forced.stderr)
+            assert len(forced.stderr.strip().splitlines()) == 1 and "Traceback" not in forced.stderr
+            assert "member" in forced.stderr
+            assert committed_total(address, "frames", "run-2") == 7
+        finally:
+            member.close()
+
+
+def run_directory(tmp_path: Path, run_id: str) -> Path:
+    """A run's directory as the playbook leaves it: provenance, status and the report."""
+    spec = json.loads(helper("spec", str(ROOT / "experiments" / "lab-smoke.yml")).stdout)
+    run = tmp_path / run_id
+    (run / "report").mkdir(parents=True)
+    (run / "provenance.json").write_text(json.dumps({"run": run_id, "experiment": "lab-smoke", "spec": spec,
+                                                     "git": {"commit": "0123abcd" * 5, "changes": False}}))
+    (run / "status.json").write_text(json.dumps({"run": run_id, "ok": True, "failed_step": None}))
+    (run / "report" / "summary.json").write_text(json.dumps(
+        {"frames_offered": 337, "frames_processed": 337, "end_to_end_latency_p95_s": 0.28, "sla_kpi": "latency",
+         "node_power_watts_mean": None, "ok_flag": True, "_results": "results.jsonl"}))
+    (run / "report" / "report.html").write_text("<html><body>report</body></html>\n")
+    (run / "report" / "throughput.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
+    (run / "extract").mkdir()
+    (run / "extract" / "data.parquet").write_bytes(b"not an artifact")
+    return run
+
+
+def test_mlflow_log_one_run_per_experiment_run(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    from mlflow.tracking import MlflowClient
+
+    name = unique_name("lab-smoke")
+    run = run_directory(tmp_path, "lab-smoke-20261201T000000Z")
+    password = tmp_path / "edgelab-password"
+    password.write_text("not-checked-by-this-server\n")
+    argv = ["mlflow-log", "--tracking-uri", mlflow_server.uri, "--experiment", name, "--run-dir", str(run),
+            "--username", "edgelab", "--password-file", str(password)]
+    logged = helper(*argv)
+    assert logged.returncode == 0, logged.stderr + mlflow_server.log_tail()
+    out = json.loads(logged.stdout)
+    assert out["reused"] is False and out["url"].startswith(mlflow_server.uri + "/#/experiments/")
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    found = client.get_run(out["run_id"])
+    assert found.info.experiment_id == client.get_experiment_by_name(name).experiment_id
+    assert found.info.status == "FINISHED"
+    assert found.data.tags["edgelab.run_id"] == "lab-smoke-20261201T000000Z"
+    assert found.data.tags["edgelab.git_commit"] == "0123abcd" * 5
+    spec = json.loads((run / "provenance.json").read_text())["spec"]
+    assert found.data.params["consumers.max"] == str(spec["consumers"]["max"])
+    assert found.data.params["load.max_mbps"] == json.dumps(spec["load"]["max_mbps"])
+    assert found.data.params["frames.size"] == spec["frames"]["size"]
+    assert found.data.metrics == {"frames_offered": 337.0, "frames_processed": 337.0,
+                                  "end_to_end_latency_p95_s": 0.28}
+    top = {a.path for a in client.list_artifacts(out["run_id"])}
+    assert top == {"provenance.json", "status.json", "report"}
+    assert {a.path for a in client.list_artifacts(out["run_id"], "report")} == {
+        "report/report.html", "report/summary.json", "report/throughput.png"}
+
+    # The same experiment run again: the same MLflow run, not a second one.
+    again = helper(*argv)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["run_id"] == out["run_id"] and json.loads(again.stdout)["reused"] is True
+    assert len(client.search_runs([found.info.experiment_id])) == 1
+
+
+def test_mlflow_log_bad_input_is_one_line(tmp_path: Path) -> None:
+    run = run_directory(tmp_path, "r1")
+    base = ["mlflow-log", "--experiment", "x", "--run-dir", str(run), "--username", "edgelab"]
+    missing = helper(*base, "--tracking-uri", "http://127.0.0.1:9", "--password-file", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "--password-file" in missing.stderr
+    password = tmp_path / "pw"
+    password.write_text("x\n")
+    started = time.monotonic()
+    down = helper(*base, "--tracking-uri", "http://127.0.0.1:%d" % free_port(), "--password-file", str(password))
+    assert down.returncode == 2, down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1 and "Traceback" not in down.stderr
+    assert time.monotonic() - started < 90
+    no_run = helper(*base[:4], str(tmp_path / "nothing"), *base[5:], "--tracking-uri", "http://127.0.0.1:9",
+                    "--password-file", str(password))
+    assert no_run.returncode == 2 and "provenance" in no_run.stderr
