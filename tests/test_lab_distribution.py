@@ -7,13 +7,12 @@ variables and template)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from support.labtools import render_lab_role
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = REPO / "roles" / "lab"
@@ -69,37 +68,8 @@ def test_bad_distribution_settings_fail_naming_the_setting(playbook, args, messa
 
 
 def render(playbook, tmp_path: Path, *extra: str) -> tuple[dict, dict]:
-    """The role's image names and host plan, and its inventory template,
-    from its defaults and vars with the given -e settings."""
-    out = tmp_path / "out.json"
-    inv = tmp_path / "hosts.yml"
-    play = tmp_path / "render.yml"
-    play.write_text(textwrap.dedent(f"""\
-        - name: Render the lab's distributions
-          hosts: localhost
-          connection: local
-          gather_facts: false
-          vars_files: [{ROLE}/defaults/main.yml, {ROLE}/vars/main.yml]
-          tasks:
-            - name: Hosts as the role computes them
-              ansible.builtin.set_fact:
-                lab_host_list: "{{{{ lab_host_plan }}}}"
-            - name: Write the image names and the plan
-              ansible.builtin.copy:
-                content: "{{{{ {{'ids': lab_image_ids, 'dirs': lab_image_dirs, 'hosts': lab_host_list}} | to_json }}}}"
-                dest: {out}
-                mode: "0644"
-            - name: Write the inventory
-              ansible.builtin.template:
-                src: {ROLE}/templates/hosts.yml.j2
-                dest: {inv}
-                mode: "0644"
-              vars:
-                lab_pubkey: ssh-ed25519 AAAA test
-        """))
-    run = playbook(str(play), *extra, timeout=120)
-    assert run.rc == 0, run.output[-3000:]
-    return json.loads(out.read_text()), yaml.safe_load(inv.read_text())
+    """The role's image names and host plan, and its inventory, with the given -e settings."""
+    return render_lab_role(playbook, tmp_path, *extra)
 
 
 @pytest.fixture(scope="module")

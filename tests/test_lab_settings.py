@@ -8,11 +8,10 @@ whose size is given the same way."""
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
+from support.labtools import render_lab_role
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = REPO / "roles" / "lab"
@@ -64,29 +63,7 @@ def test_bad_settings_given_with_e_fail_naming_the_setting(playbook, args, messa
 def render_inventory(playbook, tmp_path: Path, hosts: str) -> dict:
     """The role's inventory template with the role's own variables and
     lab_hosts given as the string -e makes of it."""
-    out = tmp_path / "hosts.yml"
-    play = tmp_path / "render.yml"
-    play.write_text(textwrap.dedent(f"""\
-        - name: Render the lab inventory
-          hosts: localhost
-          connection: local
-          gather_facts: false
-          vars_files: [{ROLE}/defaults/main.yml, {ROLE}/vars/main.yml]
-          tasks:
-            - name: Hosts as the role computes them
-              ansible.builtin.set_fact:
-                lab_host_list: "{{{{ lab_host_plan }}}}"
-            - name: Write it
-              ansible.builtin.template:
-                src: {ROLE}/templates/hosts.yml.j2
-                dest: {out}
-                mode: "0644"
-              vars:
-                lab_pubkey: ssh-ed25519 AAAA test
-        """))
-    run = playbook(str(play), "-e", f"lab_hosts={hosts}", timeout=120)
-    assert run.rc == 0, run.output[-3000:]
-    return yaml.safe_load(out.read_text())["all"]["children"]
+    return render_lab_role(playbook, tmp_path, "-e", f"lab_hosts={hosts}")[1]["all"]["children"]
 
 
 def test_inventory_from_a_string_host_count(playbook, tmp_path):

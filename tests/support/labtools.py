@@ -3,12 +3,16 @@ from the repository's virtualenv against real inventories and lab hosts."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -41,3 +45,40 @@ def ansible_playbook(*args: str, timeout: int = 1800) -> Run:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
     return Run(proc.returncode, proc.stdout + proc.stderr)
+
+
+def render_lab_role(playbook, tmp_path: Path, *extra: str) -> tuple[dict, dict]:
+    """What role lab computes, without creating a lab: its image names and
+    directories per distribution and its host plan (as JSON), and its inventory
+    template rendered, from the role's defaults and vars with the given -e
+    settings. `playbook` is the tests' fixture of that name."""
+    role = REPO / "roles" / "lab"
+    out = tmp_path / "out.json"
+    inv = tmp_path / "hosts.yml"
+    play = tmp_path / "render.yml"
+    play.write_text(textwrap.dedent(f"""\
+        - name: Render what role lab computes
+          hosts: localhost
+          connection: local
+          gather_facts: false
+          vars_files: [{role}/defaults/main.yml, {role}/vars/main.yml]
+          tasks:
+            - name: Hosts as the role computes them
+              ansible.builtin.set_fact:
+                lab_host_list: "{{{{ lab_host_plan }}}}"
+            - name: Write the image names and the plan
+              ansible.builtin.copy:
+                content: "{{{{ {{'ids': lab_image_ids, 'dirs': lab_image_dirs, 'hosts': lab_host_list}} | to_json }}}}"
+                dest: {out}
+                mode: "0644"
+            - name: Write the inventory
+              ansible.builtin.template:
+                src: {role}/templates/hosts.yml.j2
+                dest: {inv}
+                mode: "0644"
+              vars:
+                lab_pubkey: ssh-ed25519 AAAA test
+        """))
+    run = playbook(str(play), *extra, timeout=120)
+    assert run.rc == 0, run.output[-3000:]
+    return json.loads(out.read_text()), yaml.safe_load(inv.read_text())
