@@ -22,6 +22,7 @@ import pytest
 from edgelab.learn import synthetic
 from edgelab.sro.config import SlicePolicy, parse_config
 from edgelab.sro.orchestrate import ima_elasticity
+from support.http_helpers import call as http_call
 from support.mlflow_server import MlflowServer, unique_name
 from support.prometheus import backfill, needs_prometheus, running_prometheus
 from support.tansu import MISSING, free_port, running_broker, tansu_binary
@@ -80,16 +81,8 @@ def serve(app: Any) -> tuple[Any, threading.Thread, str]:
 
 def call(url: str, body: bytes | None = None, content_type: str = "", method: str | None = None
          ) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method=method or ("POST" if body is not None else "GET"))
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            text = response.read().decode()
-            return response.status, json.loads(text) if "json" in response.headers.get("Content-Type", "") else text
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read().decode())
+    """GET, or POST when there is a body, unless method says otherwise."""
+    return http_call(method or ("POST" if body is not None else "GET"), url, body, content_type)
 
 
 def upload(data: bytes) -> tuple[bytes, str]:
