@@ -19,8 +19,18 @@ SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 $(VENV): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-compile -r requirements.txt
 	touch $(VENV)
+
+## LAB_STRATEGY: the strategy of the plays `make lab`, `make site` and
+## `make drills` run on the lab hosts: linear (stock Ansible, what the
+## molecule scenarios and CI's lab tests run) or mitogen_linear (Mitogen for
+## Ansible: one Python interpreter per host for the whole run; faster, see
+## docs/benchmarks.md "Lab and role base", but not what CI tests).
+LAB_STRATEGY ?= linear
+LAB_PLAYBOOK = ANSIBLE_STRATEGY=$(LAB_STRATEGY) \
+  ANSIBLE_STRATEGY_PLUGINS="$$(echo $(CURDIR)/$(VENV)/lib/python3*/site-packages/ansible_mitogen/plugins/strategy)" \
+  ansible-playbook
 
 ## lab: bring up (or reuse) the lab, converge site.yml on it, run the
 ## experiment LAB_EXPERIMENT (experiments/NAME.yml; empty: none) and print
@@ -28,19 +38,19 @@ $(VENV): requirements.txt
 LAB_EXPERIMENT ?= lab-smoke
 lab: $(VENV)
 	ansible-playbook playbooks/lab.yml $(LAB_ARGS)
-	ansible-playbook -i inventory/lab playbooks/site.yml $(if $(LAB_EXPERIMENT),--skip-tags summary)
-	$(if $(LAB_EXPERIMENT),rc=0; ansible-playbook -i inventory/lab playbooks/experiment.yml -e experiment=$(LAB_EXPERIMENT) || rc=$$?; \
-	  ansible-playbook -i inventory/lab playbooks/summary.yml; exit $$rc)
+	$(LAB_PLAYBOOK) -i inventory/lab playbooks/site.yml $(if $(LAB_EXPERIMENT),--skip-tags summary)
+	$(if $(LAB_EXPERIMENT),rc=0; $(LAB_PLAYBOOK) -i inventory/lab playbooks/experiment.yml -e experiment=$(LAB_EXPERIMENT) || rc=$$?; \
+	  $(LAB_PLAYBOOK) -i inventory/lab playbooks/summary.yml; exit $$rc)
 
 ## site: converge site.yml on the lab that is up
 site: $(VENV)
-	ansible-playbook -i inventory/lab playbooks/site.yml
+	$(LAB_PLAYBOOK) -i inventory/lab playbooks/site.yml
 
 ## drills: the fault drills against the lab (docs/drills.md); DRILLS=kafka,consumer
 ## runs some of them (tags: ejabberd consumer host prometheus mlflow kafka)
 DRILLS ?=
 drills: $(VENV)
-	ansible-playbook -i inventory/lab playbooks/drills.yml $(if $(DRILLS),--tags $(DRILLS))
+	$(LAB_PLAYBOOK) -i inventory/lab playbooks/drills.yml $(if $(DRILLS),--tags $(DRILLS))
 
 ## lab-down: remove the lab (containers, overlays, bridge, proxy, inventory)
 lab-down: $(VENV)
@@ -66,7 +76,7 @@ syntax: $(VENV)
 
 ## unit: pytest (project checks and the agents package)
 unit: $(VENV)
-	pytest -q tests
+	pytest -q tests --durations=25
 
 ## molecule: the molecule scenarios (all, or SCENARIOS="a b"), one after
 ## another, each on fresh lab hosts
@@ -79,16 +89,23 @@ molecule: $(VENV)
 ## test: everything CI runs: lint, then two lanes at once (the machine has
 ## two cores and much of a scenario is waiting on hosts): pytest followed by
 ## the scenarios in LANE1_SCENARIOS, and the other scenarios. Each line is
-## prefixed with its lane; each lane prints its time.
-LANE1_SCENARIOS ?= base ejabberd
+## prefixed with its lane; each lane prints its time. A lane passed only if
+## its log ends with its "rc=0" line (`wait` on a finished background
+## pipeline gave 0 for a failed lane once).
+LANE1_SCENARIOS ?=
 test: lint
-	@rc=0; t0=$$(date +%s); \
+	@mkdir -p .cache; rc=0; t0=$$(date +%s); \
 	lane1="$(filter $(LANE1_SCENARIOS),$(SCENARIOS))"; lane2="$(filter-out $(LANE1_SCENARIOS),$(SCENARIOS))"; \
 	( r=0; { $(MAKE) --no-print-directory unit && { [ -z "$$lane1" ] || $(MAKE) --no-print-directory molecule SCENARIOS="$$lane1"; }; } || r=$$?; \
-	  echo "lane 1 (unit $$lane1): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane1] /' & p1=$$!; \
+	  echo "lane 1 (unit $$lane1): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane1] /' | tee .cache/test-lane1.log & p1=$$!; \
 	( r=0; $(MAKE) --no-print-directory molecule SCENARIOS="$$lane2" || r=$$?; \
-	  echo "lane 2 ($$lane2): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane2] /' & p2=$$!; \
-	wait $$p1 || rc=1; wait $$p2 || rc=1; exit $$rc
+	  echo "lane 2 ($$lane2): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane2] /' | tee .cache/test-lane2.log & p2=$$!; \
+	wait $$p1 || rc=1; wait $$p2 || rc=1; \
+	for n in 1 2; do grep -q "^\[lane$$n\] lane $$n .* rc=0$$" .cache/test-lane$$n.log && continue; \
+	  rc=1; echo "::: lane $$n failed; its failures (whole log: .cache/test-lane$$n.log):"; \
+	  grep -E -A4 --no-group-separator '^\[lane[12]\] (FAILED|ERROR) |fatal: |CRITICAL|: Executed: Failed|lane [12] \(' .cache/test-lane$$n.log | tail -n 80 || true; \
+	done; \
+	exit $$rc
 
 clean: lab-down
 	rm -rf .cache

@@ -3,6 +3,7 @@
 
   .venv/bin/python benchmarks/consumer_bench.py [--frames 60] [--frame-size 640x480] [--imgsz 640 320]
       [--baseline GIT-REV] [--repeats 2]
+  .venv/bin/python benchmarks/consumer_bench.py --rebalance [--repeats 3] [--baseline GIT-REV]
 
 For each model input size the real feeder fills one frames topic with --frames frames;
 then each run is one edgelab-consumer process (one ONNX Runtime thread: one core) of
@@ -28,6 +29,16 @@ yolov8n's 8.7 at 640 (Ultralytics' figure; scaled by the input area for other si
 with the overhead share a yolov8n would give if it ran at the lab model's FLOP rate
 (overhead CPU unchanged, inference CPU scaled by the FLOP ratio): an estimate, labelled
 as one. Prints one line per run and RESULT {...} as JSON.
+
+--rebalance measures the group instead: a producer keeps sending small frames (80x60,
+20 per second over 4 partitions) while consumer A holds every partition; then B is
+started (add), stopped with SIGTERM as systemd stops an instance (remove), C started
+and SIGKILLed (a crash: its session has to time out). For each event: the seconds
+until the members' logged assignments cover every partition again ("assigned"), and
+until every partition produced a result from its new owner ("consumed"), both from
+the moment the process was started or signalled; and that every frame sent has a
+result (none lost). With --baseline REV the consumer of that commit is measured the
+same way after the current one.
 """
 
 from __future__ import annotations
@@ -35,10 +46,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +144,173 @@ def figures(code: str, size: int, lab_gflops: float, run: dict[str, Any]) -> dic
                 overhead_cpu_ms / (overhead_cpu_ms + estimated_inference_ms) * 100, 2)}
 
 
+ASSIGNED = re.compile(r": partitions ([0-9,]+|none) of ")
+PARTITIONS = 4
+
+
+class Member:
+    """One edgelab-consumer process of the group; the assignments it logs, stamped with
+    the (monotonic, epoch) time at which the line arrived."""
+
+    def __init__(self, instance: int, address: str, topic: str, model: Path, source: Path, group: str) -> None:
+        self.name = f"edgelab-consumer@{instance}"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CONSUMER, "--instance", str(instance), "--model", str(model), "--bootstrap",
+             address, "--topic", topic, "--results-topic", f"{topic}-results", "--group", group,
+             "--metrics-port", "0", "--log-level", "INFO"],
+            env={**os.environ, "PYTHONPATH": str(source)}, stderr=subprocess.PIPE, text=True)
+        self.assignments: list[tuple[float, float, frozenset[int]]] = []
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = ASSIGNED.search(line)
+            if match:
+                held = frozenset() if match[1] == "none" else frozenset(int(p) for p in match[1].split(","))
+                self.assignments.append((time.monotonic(), time.time(), held))
+
+    def held(self, since: float) -> tuple[float, float, frozenset[int]] | None:
+        """The newest assignment logged after `since` (monotonic), if any."""
+        newer = [a for a in self.assignments if a[0] >= since]
+        return newer[-1] if newer else None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+
+
+def wait_for(members: list[Member], since: float, timeout: float = 60.0) -> dict[int, tuple[Member, float]]:
+    """Until the members' assignments logged after `since` split every partition among
+    them: each partition's owner and the epoch time of that owner's assignment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = [(m, m.held(since)) for m in members]
+        split = [(m, a) for m, a in held if a is not None and a[2]]
+        if len(split) == len(members) and sorted(p for _m, a in split for p in a[2]) == list(range(PARTITIONS)):
+            return {p: (m, a[1]) for m, a in split for p in a[2]}
+        time.sleep(0.05)
+    tails = "; ".join(f"{m.name}: {''.join(m.lines[-3:]).strip()[-300:]}" for m in members)
+    raise SystemExit(f"consumer_bench: partitions not split among {len(members)} members in {timeout} s ({tails})")
+
+
+class Feed:
+    """Small PPM frames to every partition in turn, `rate` a second, until stopped."""
+
+    def __init__(self, address: str, topic: str, rate: float = 20.0) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": address, "linger.ms": 1, "log_level": 3})
+        self.topic, self.rate, self.sent = topic, rate, 0
+        self.frame = b"P6\n80 60\n255\n" + bytes(range(256)) * (80 * 60 * 3 // 256)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(1 / self.rate):
+            self.producer.produce(self.topic, self.frame, f"r-{self.sent}".encode(), partition=self.sent % PARTITIONS)
+            self.sent += 1
+            self.producer.poll(0)
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.thread.join()
+        self.producer.flush(30)
+        return self.sent
+
+
+def read_results(address: str, topic: str, expected: int, timeout_s: float) -> list[dict[str, Any]]:
+    from edgelab.kafka import GroupConsumer, KafkaSettings
+
+    found: list[dict[str, Any]] = []
+    with GroupConsumer(KafkaSettings(bootstrap=[address]), topic=topic, group=f"read-{topic}-{time.time()}") as c:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len({r["frame"] for r in found}) < expected:
+            c.poll_once(lambda r: found.append(json.loads(r.value)), timeout_ms=500)
+    return found
+
+
+def consumed_after(results: list[dict[str, Any]], owners: dict[int, tuple[Member, float]],
+                   start_epoch: float) -> float | None:
+    """Seconds from start_epoch until every partition had a result from its new owner
+    received after that owner logged the assignment (None: some partition had none)."""
+    latest = 0.0
+    for partition, (member, assigned_epoch) in owners.items():
+        times = [r["received"] for r in results if r["partition"] == partition and r["consumer"] == member.name
+                 and r["received"] >= assigned_epoch]
+        if not times:
+            return None
+        latest = max(latest, min(times) - start_epoch)
+    return round(latest, 2)
+
+
+def rebalance_run(address: str, code: str, source: Path, model: Path, run: int) -> dict[str, Any]:
+    """A holds every partition; B added, B stopped (SIGTERM), C added, C killed (SIGKILL)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic, group = f"rebalance-{code}-{run}", f"rebalance-{code}-{run}"
+    admin = AdminClient({"bootstrap.servers": address, "log_level": 3})
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        future.result(30)
+    feed = Feed(address, topic)
+    events: list[dict[str, Any]] = []
+    members: list[Member] = []
+    try:
+        a = Member(1, address, topic, model, source, group)
+        members.append(a)
+        owners = wait_for([a], a.started)
+        events.append({"event": "first member joins", "start": a.started, "epoch": time.time() - (
+            time.monotonic() - a.started), "owners": owners})
+        for instance, how in ((2, signal.SIGTERM), (3, signal.SIGKILL)):
+            time.sleep(3)
+            new = Member(instance, address, topic, model, source, group)
+            members.append(new)
+            epoch = time.time() - (time.monotonic() - new.started)
+            owners = wait_for([a, new], new.started)
+            events.append({"event": f"add {new.name}", "start": new.started, "epoch": epoch, "owners": owners})
+            time.sleep(3)
+            start, epoch = time.monotonic(), time.time()
+            new.stop(how)
+            owners = wait_for([a], start)
+            events.append({"event": f"{'stop (SIGTERM)' if how == signal.SIGTERM else 'kill (SIGKILL)'} "
+                                    f"{new.name}", "start": start, "epoch": epoch, "owners": owners})
+        time.sleep(3)
+        sent = feed.stop()
+        results = read_results(address, f"{topic}-results", sent, timeout_s=60)
+    finally:
+        feed.stopping.set()
+        for m in members:
+            m.stop(signal.SIGTERM)
+    rows = []
+    for e in events:
+        assigned = max(epoch for _m, epoch in e["owners"].values()) - e["epoch"]
+        rows.append({"event": e["event"], "assigned_s": round(assigned, 2),
+                     "consumed_s": consumed_after(results, e["owners"], e["epoch"])})
+    frames = {r["frame"] for r in results}
+    missing = [f"r-{i}" for i in range(sent) if f"r-{i}" not in frames]
+    warnings = [line.strip()[:200] for m in members for line in m.lines if " WARNING " in line or " ERROR " in line]
+    return {"code": code, "run": run, "events": rows, "frames_sent": sent, "results": len(results),
+            "duplicates": len(results) - len(frames), "missing": len(missing), "warnings": warnings[:5]}
+
+
+def rebalance_main(args: argparse.Namespace, address: str, sources: dict[str, Path], tmp: Path) -> list[Any]:
+    from edgelab.experiments import labmodel
+
+    model = labmodel.write(tmp / "lab96.onnx", size=96, classes=4)
+    rows = []
+    for run in range(args.repeats):
+        for code, source in sources.items():
+            row = rebalance_run(address, code, source, model, run)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=60)
@@ -137,6 +318,7 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
     parser.add_argument("--baseline", metavar="GIT-REV", help="also run the consumer of this commit, interleaved")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each code per size (default 2)")
+    parser.add_argument("--rebalance", action="store_true", help="measure the group's rebalances instead")
     args = parser.parse_args()
     binary = tansu_binary()
     if binary is None:
@@ -151,7 +333,9 @@ def main() -> int:
         sources = {"current": ROOT / "agents" / "src"}
         if args.baseline:
             sources["baseline"] = baseline_tree(args.baseline, tmp)
-        for size in args.imgsz:
+        if args.rebalance:
+            rows = rebalance_main(args, address, sources, tmp)
+        for size in [] if args.rebalance else args.imgsz:
             topic = f"bench-frames-{size}"
             sent = fill(address, topic, args.frames, args.frame_size, tmp)
             model = labmodel.write(tmp / f"lab{size}.onnx", size=size)

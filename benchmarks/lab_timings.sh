@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Lab and role-base timings, on a lab of its own ("bench", 10.213.252.0/24).
-#   benchmarks/lab_timings.sh [--cold] [--knobs] [SITE_ARGS...]
+#   benchmarks/lab_timings.sh [--cold] [--knobs] [--inventory DIR] [SITE_ARGS...]
 #     --cold    empty image and package caches in a temporary directory
 #               (debootstrap downloads from the mirror)
-#     --knobs   also the no-op re-run with pipelining off, with ControlPersist
-#               off and with fact caching off, one at a time, in the same run
+#     --knobs   also the no-op re-run with Mitogen's strategy,
+#               with pipelining off, with ControlPersist off and with fact
+#               caching off, one at a time, in the same run
+#     --inventory DIR  a lab already converged (e.g. inventory/lab after
+#               `make lab`): no lab up, converge or down; the baseline, the
+#               no-op re-run, `--check --diff` and the knobs on its hosts
 #     SITE_ARGS passed to every site.yml run (e.g. --skip-tags mlops)
 # Prints one line per step; the baseline, measured in the same run, is an
 # `ansible -m ping` of the lab's hosts (Ansible's fixed cost on this machine),
@@ -16,11 +20,14 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_NOCOLOR=1
 inv=$(mktemp -d)
 args=(-e lab_name=bench -e lab_subnet=10.213.252.0/24 -e "lab_inventory_dir=$inv")
-cache="" cold="" knobs=""
+cache="" cold="" knobs="" given=""
 while [ $# -gt 0 ]; do
   case $1 in
     --cold) cold=1; shift ;;
     --knobs) knobs=1; shift ;;
+    --inventory)
+      [ -d "${2:-}" ] || { echo "lab_timings.sh: --inventory needs a lab inventory directory, got '${2:-}'" >&2; exit 2; }
+      given=$(cd "$2" && pwd); shift 2 ;;
     *) break ;;
   esac
 done
@@ -31,10 +38,15 @@ if [ -n "$cold" ]; then
 fi
 export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks,ansible.posix.profile_roles
 log=$(mktemp)
+if [ -n "$given" ]; then
+  rmdir "$inv"; inv=$given
+  [ -z "$cold" ] || { echo "lab_timings.sh: --cold builds a lab of its own; it cannot go with --inventory" >&2; exit 2; }
+fi
 cleanup() {
-  ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent >/dev/null 2>&1 || true
+  [ -n "$given" ] || ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent >/dev/null 2>&1 || true
   [ -n "$cache" ] && rm -rf "$cache"
-  rm -rf "$inv" "$log"
+  [ -n "$given" ] || rm -rf "$inv"
+  rm -f "$log"
 }
 trap cleanup EXIT
 
@@ -46,24 +58,37 @@ timed() { # LABEL COMMAND... ; prints "LABEL: N.Ns" and keeps the seconds in $se
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
   printf '%-34s %7.1fs' "$label:" "$secs"
 }
-recap() { grep -E '^bench[0-9]+ +:' "$log" | awk '{c+=substr($4,9); f+=substr($6,8)} END {printf "  (changed=%d failed=%d)", c, f}'; }
+recap() { # the run's changed/failed totals, then the tasks that changed, if any
+  grep -E '^[A-Za-z0-9_.-]+ +: ok=' "$log" | awk '{c+=substr($4,9); f+=substr($6,8)} END {printf "  (changed=%d failed=%d)", c, f}'
+  awk '/^(TASK|RUNNING HANDLER) \[/ {t = $0; sub(/^[A-Z ]+\[/, "", t); sub(/\] \**$/, "", t)}
+       /^changed: \[/ {h = $2; gsub(/[][]/, "", h); printf "\n    changed: %s: %s", t, h}' "$log"
+}
 
+if [ -z "$given" ]; then
 ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent >/dev/null 2>&1 || true
 timed "lab up, $([ -n "$cold" ] && echo cold || echo cached) (3 hosts)" ansible-playbook playbooks/lab.yml "${args[@]}"; echo
-timed "baseline: ansible ping, 3 hosts" ansible -i "$inv" nucs -m ansible.builtin.ping; base=$secs; echo
+fi
+hosts=$(ansible -i "$inv" nucs --list-hosts 2>/dev/null | tail -n +2 | wc -l)
+timed "baseline: ansible ping, $hosts hosts" ansible -i "$inv" nucs -m ansible.builtin.ping; base=$secs; echo
 ratio() { awk -v s="$secs" -v b="$base" 'BEGIN {printf "  = %.1f x baseline", s / b}'; }
 # Task results of the last run, all hosts: ok (changed ones included) + failed + skipped.
-results() { grep -E '^bench[0-9]+ +:' "$log" | awk '{for (i = 3; i <= NF; i++) {split($i, kv, "="); if (kv[1] == "ok" || kv[1] == "failed" || kv[1] == "skipped") n += kv[2]}} END {print n}'; }
+results() { grep -E '^[A-Za-z0-9_.-]+ +: ok=' "$log" | awk '{for (i = 3; i <= NF; i++) {split($i, kv, "="); if (kv[1] == "ok" || kv[1] == "failed" || kv[1] == "skipped") n += kv[2]}} END {print n}'; }
 roles() { # the ROLES RECAP block profile_roles prints (tasks outside roles count by module)
   awk '/^ROLES RECAP/ {r = 1; next} r && /^total / {exit} r && / ---+ +[0-9.]+s *$/ {
          t = $NF; sub(/s$/, "", t); name = $0; sub(/ ---+.*$/, "", name); printf "    %-44s %8.1fs\n", name, t}' "$log"
 }
-timed "site.yml converge" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
-echo "  time per role (profile_roles):"; roles
+if [ -z "$given" ]; then
+  timed "site.yml converge" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+  echo "  time per role (profile_roles):"; roles
+fi
 timed "site.yml no-op re-run" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap
 n=$(results); awk -v s="$secs" -v n="$n" 'BEGIN {printf "  %d task results, %.0f ms per task and host\n", n, 1000 * s / n}'
 timed "site.yml --check --diff" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}" --check --diff; ratio; recap; echo
 if [ -n "$knobs" ]; then
+  # make lab LAB_STRATEGY=mitogen_linear (the Makefile): Mitogen for Ansible.
+  timed "no-op re-run, Mitogen" env ANSIBLE_STRATEGY=mitogen_linear \
+    ANSIBLE_STRATEGY_PLUGINS="$(echo "$PWD"/.venv/lib/python3*/site-packages/ansible_mitogen/plugins/strategy)" \
+    ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
   timed "no-op re-run, pipelining off" env ANSIBLE_PIPELINING=False \
     ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
   timed "no-op re-run, ControlPersist off" env ANSIBLE_SSH_ARGS="-o ControlMaster=no -o PreferredAuthentications=publickey" \
@@ -71,4 +96,6 @@ if [ -n "$knobs" ]; then
   timed "no-op re-run, fact caching off" env ANSIBLE_GATHERING=implicit ANSIBLE_CACHE_PLUGIN=ansible.builtin.memory \
     ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
 fi
-timed "lab down" ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent; echo
+if [ -z "$given" ]; then
+  timed "lab down" ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent; echo
+fi

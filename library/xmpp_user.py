@@ -139,7 +139,7 @@ notes:
     HTTP 401/403 says the admin account could not authenticate or is not allowed the command;
     an unknown O(host) says the virtual host is not served."
 requirements:
-  - ejabberd 21.07 or later with C(mod_http_api) (tested with Debian's ejabberd 23.01).
+  - ejabberd 21.07 or later with C(mod_http_api) (tested with Debian's ejabberd 23.01 and 24.12).
 """
 
 EXAMPLES = r"""
@@ -337,7 +337,7 @@ class HttpTransport:
 class EjabberdApi:
     """The few mod_http_api commands the module uses."""
 
-    def __init__(self, transport, api_user, api_password):
+    def __init__(self, transport, api_user, api_password, vhost=None):
         token = base64.b64encode((f"{api_user}:{api_password}").encode()).decode("ascii")
         self.transport = transport
         self.headers = {
@@ -345,6 +345,11 @@ class EjabberdApi:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
+        if vhost:
+            # ejabberd 24.x looks up mod_http_api's settings for the virtual host named by
+            # the HTTP Host and logs a warning on every request whose Host (the loopback
+            # address of api_url) is not one it serves; the XMPP domain is one it serves.
+            self.headers["Host"] = f"[{vhost}]" if ":" in vhost else vhost
         self.requests = 0
 
     def call(self, command, payload):
@@ -377,16 +382,24 @@ class EjabberdApi:
         return True
 
     def check_password(self, user, host, password):
-        """True if the account's password is `password` (ejabberd answers 0 for a match)."""
+        """True if the account's password is `password`.
+
+        ejabberd 23.01 and 24.12 answer the integer 0 for a match and 1 otherwise; a JSON
+        boolean is read as the answer itself (true: a match). Anything else is an ApiError.
+        """
         body = self.call("check_password", {"user": user, "host": host, "password": password})
-        if body not in (0, 1):
-            raise ApiError("check_password", 200, body)
-        return body == 0
+        if isinstance(body, bool):  # tested first: True == 1 and False == 0 in Python
+            return body
+        if isinstance(body, int) and body in (0, 1):
+            return body == 0
+        raise ApiError("check_password", 200, body)
 
     def change_password(self, user, host, password):
+        """Set the password; ejabberd answers 0 (23.01, 24.12) or true when it was set."""
         body = self.call("change_password", {"user": user, "host": host, "newpass": password})
-        if body != 0:
-            raise ApiError("change_password", 200, body)
+        if body is True or (isinstance(body, int) and not isinstance(body, bool) and body == 0):
+            return
+        raise ApiError("change_password", 200, body)
 
     def unregister(self, user, host):
         self.call("unregister", {"user": user, "host": host})
@@ -653,7 +666,7 @@ def main(transport_factory=HttpTransport):
 
     def api_factory():
         transport = transport_factory(url, params["api_timeout"], params["api_ca_path"])
-        return EjabberdApi(transport, api_user, params["api_password"])
+        return EjabberdApi(transport, api_user, params["api_password"], vhost=params["host"])
 
     try:
         check_host(params["host"])

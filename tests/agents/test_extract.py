@@ -243,3 +243,139 @@ def test_series_selectors_become_matchers() -> None:
         (0, "__name__", "lab_cpu_busy_ratio"), (0, "path", 'a"]]}\nb')]
     for expression in ("rate(up[1m])", "up + 1", 'sum(up{job="a"})', "up[5m]", '{job=~".*"}', "", "up offset 5m"):
         assert parse_selector(expression) is None, expression
+
+
+# ---------------------------------------------------------------- streamed XOR chunks
+class _Bits:
+    """A bit stream as Prometheus's chunk encoder writes it (first bit highest)."""
+
+    def __init__(self) -> None:
+        self.value, self.size = 0, 0
+
+    def put(self, value: int, bits: int) -> None:
+        self.value = self.value << bits | (value & ((1 << bits) - 1))
+        self.size += bits
+
+    def data(self) -> bytes:
+        pad = -self.size % 8
+        return (self.value << pad).to_bytes((self.size + pad) // 8, "big")
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _xor_chunk(samples: list[tuple[int, float]]) -> bytes:
+    """An XOR chunk of samples, written from the format's description: delta-of-delta
+    timestamps in 1/14/17/20/64-bit buckets, Gorilla XOR values with leading zeros
+    capped at 31 and a reused window where the new bits fit in it."""
+    bits = _Bits()
+    bits.put(len(samples), 16)
+    previous_time = previous_delta = previous_bits = 0
+    leading, trailing = 0xFF, 0
+    for i, (stamp, number) in enumerate(samples):
+        raw = int(np.float64(number).view(np.uint64))
+        if i == 0:
+            for byte in _uvarint((stamp << 1) ^ (stamp >> 63) if stamp >= 0 else ((-stamp - 1) << 1) | 1):
+                bits.put(byte, 8)
+            bits.put(raw, 64)
+        else:
+            delta = stamp - previous_time
+            if i == 1:
+                for byte in _uvarint(delta):
+                    bits.put(byte, 8)
+            else:
+                dod = delta - previous_delta
+                for prefix, width in ((0b10, 14), (0b110, 17), (0b1110, 20)):
+                    if dod == 0:
+                        bits.put(0, 1)
+                        break
+                    if -((1 << (width - 1)) - 1) <= dod <= 1 << (width - 1):
+                        bits.put(prefix, prefix.bit_length())
+                        bits.put(dod, width)
+                        break
+                else:
+                    bits.put(0b1111, 4)
+                    bits.put(dod, 64)
+            previous_delta = delta
+            diff = raw ^ previous_bits
+            if diff == 0:
+                bits.put(0, 1)
+            else:
+                bits.put(1, 1)
+                lead, trail = min(31, 64 - diff.bit_length()), (diff & -diff).bit_length() - 1
+                if leading != 0xFF and lead >= leading and trail >= trailing:
+                    bits.put(0, 1)
+                    bits.put(diff >> trailing, 64 - leading - trailing)
+                else:
+                    leading, trailing = lead, trail
+                    bits.put(1, 1)
+                    bits.put(lead, 5)
+                    bits.put(64 - lead - trail, 6)  # 64 is written as 0
+                    bits.put(diff >> trail, 64 - lead - trail)
+        previous_time, previous_bits = stamp, raw
+    return bits.data()
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _uvarint(number << 3 | 2) + _uvarint(len(payload)) + payload
+
+
+def _frame(query: int, series: list[tuple[dict[str, str], list[bytes]]], encoding: int = 1) -> bytes:
+    message = b"".join(_field(1, b"".join(_field(1, _field(1, k.encode()) + _field(2, v.encode()))
+                                          for k, v in labels.items())
+                              + b"".join(_field(2, b"\x08\x01\x10\x02" + bytes([0x18, encoding]) + _field(4, chunk))
+                                         for chunk in chunks))
+                       for labels, chunks in series)
+    message += (b"\x10" + _uvarint(query)) if query else b""
+    return _uvarint(len(message)) + b"\0\0\0\0" + message  # the CRC is not checked
+
+
+def test_streamed_xor_chunks_decode_to_their_samples() -> None:
+    from edgelab.experiments import remote_read as rr
+
+    rng = np.random.default_rng(7)
+    t0 = 1_796_148_000_000
+    regular = [(t0 + 1000 * i, float(rng.integers(0, 1000))) for i in range(120)]
+    noisy = [(t0 + 15_000 * i + int(rng.integers(-900, 900)), float(rng.normal())) for i in range(250)]  # 64 bits
+    # Deltas of deltas in every bucket (0, 14, 17, 20 and 64 bits), both signs.
+    deltas = [10, 10, 5, 20, 9_020, 20, 100_020, 20, 600_020, 20, 2**40, 20, 1, 1]
+    jumps = [(t0 + int(sum(deltas[:i])), float(i // 3)) for i in range(len(deltas) + 1)]
+    special = [(t0 + i, v) for i, v in enumerate([float("nan"), STALE, float("inf"), -0.0, 0.0, 1e-300, 5e300, 1.0])]
+    early = [(-70_000, 1.5), (-1, 2.5), (0, 2.5), (3, 0.1)]  # a negative first time
+    cases = {"regular": [regular], "noisy": [noisy[:120], noisy[120:240], noisy[240:]], "jumps": [jumps],
+             "special": [special], "early": [early], "overlap": [regular[:60], regular[30:90]],  # two blocks
+             "one": [regular[:1]], "two": [regular[:2], regular[2:3]]}
+    frames = b"".join([
+        _frame(0, [({"__name__": name, "i": "0"}, [_xor_chunk(c) for c in chunks]) for name, chunks in cases.items()]),
+        _frame(0, [({"__name__": "two", "i": "0"}, [_xor_chunk(regular[3:6])])]),  # continues the last series
+        _frame(2, [({"__name__": "later"}, [_xor_chunk(regular[:40]), _xor_chunk(regular[40:])])]),
+    ])
+    got = rr.decode_chunked_response(frames, 3)
+    assert [[s.labels["__name__"] for s in q] for q in got] == [list(cases), [], ["later"]]
+    want = {name: sorted(dict(sample for chunk in chunks for sample in chunk).items())
+            for name, chunks in cases.items()}
+    want["two"], want["later"] = regular[:6], regular
+    for series in got[0] + got[2]:
+        name = series.labels["__name__"]
+        assert series.timestamps.tolist() == [t for t, _v in want[name]], name
+        assert np.array_equal(series.values.view(np.uint64),
+                              np.array([v for _t, v in want[name]]).view(np.uint64)), name  # NaN payloads kept
+    # The request asks for streamed chunks only.
+    assert rr.encode_read_request([(0, 1, [(0, "__name__", "up")])], chunks=True).endswith(b"\x10\x01")
+    # A chunk shorter than its sample count, a frame cut short: one clear error.
+    short = _xor_chunk(noisy[:120])
+    with pytest.raises(rr.RemoteReadError, match="ends before"):
+        rr.decode_chunked_response(_frame(0, [({"__name__": "x"}, [short[:len(short) // 2]])]), 1)
+    with pytest.raises(rr.RemoteReadError, match="runs past"):
+        rr.decode_chunked_response(frames[:-30], 3)
+    # A native-histogram chunk is left out, like the histograms of a SAMPLES answer.
+    histogram = rr.decode_chunked_response(_frame(0, [({"__name__": "h"}, [short])], encoding=2), 1)
+    assert [(s.labels, len(s.timestamps)) for s in histogram[0]] == [({"__name__": "h"}, 0)]
+    with pytest.raises(rr.RemoteReadError, match="query"):
+        rr.decode_chunked_response(frames, 2)

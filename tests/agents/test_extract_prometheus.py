@@ -106,7 +106,8 @@ def test_every_series_over_the_11000_point_limit(prom: dict[str, object], tmp_pa
 def test_families_packed_under_the_point_budget(prom: dict[str, object], tmp_path: Path) -> None:
     out = tmp_path / "packed"
     # 2 series x 5,000 points per request: lab_cpu (3 series) splits by name, lab_power (3) too.
-    assert extract(args(prom, out, "--segment_size", "5000", "--max-points-per-request", "10000")) == 0
+    assert extract(args(prom, out, "--segment_size", "5000", "--max-points-per-request", "10000",
+                        "--api", "query_range")) == 0
     meta = json.loads((out / "metadata.json").read_text())
     assert all(q["series"] <= 2 for q in meta["queries"]), meta["queries"]
     assert meta["segments"] == 3 and meta["requests"] == 3 * len(meta["queries"])
@@ -187,7 +188,7 @@ def test_errors_are_one_line_naming_the_query(prom: dict[str, object], tmp_path:
                     "--out", str(tmp_path / "future")]) == 2
     assert "is in the future" in capsys.readouterr().err
     assert extract(["--prometheus", "http://127.0.0.1:1", "--start", "now-1h", "--end", "now", "--retries", "1",
-                    "--out", str(tmp_path / "down"), "--no-progress"]) == 1
+                    "--api", "query_range", "--out", str(tmp_path / "down"), "--no-progress"]) == 1
     err = errors(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("edgelab-extract: error: ExtractError: listing series:"), err
     for api in ("auto", "remote_read"):
@@ -317,11 +318,24 @@ def test_remote_read_dataset_equals_with_selectors_and_csv(irregular: dict[str, 
 
 
 class NoRemoteRead(http.server.BaseHTTPRequestHandler):
-    """A proxy in front of Prometheus that answers 404 for /api/v1/read."""
+    """A proxy in front of Prometheus that answers 404 for /api/v1/read, or with samples
+    the `samples` way (as a server that does not stream chunks would)."""
 
     upstream = ""
+    samples = False
 
     def forward(self) -> None:
+        if self.path.startswith("/api/v1/read") and self.samples:
+            from edgelab.experiments.remote_read import compress
+
+            payload = compress(b"\x0a\x00")  # a ReadResponse with one empty QueryResult
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Encoding", "snappy")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if self.path.startswith("/api/v1/read"):
             self.send_response(404)
             self.send_header("Content-Type", "text/plain")
@@ -374,8 +388,7 @@ def test_without_remote_read_auto_falls_back(irregular: dict[str, object], proxy
     meta = json.loads((tmp_path / "auto" / "metadata.json").read_text())
     assert meta["apis"] == ["query_range"]
     assert "does not serve remote read (HTTP 404" in capsys.readouterr().err
-    assert extract(["--prometheus", str(irregular["url"]), *common, "--api", "auto",
-                    "--out", str(tmp_path / "direct")]) == 0
+    assert extract(["--prometheus", str(irregular["url"]), *common, "--out", str(tmp_path / "direct")]) == 0  # auto
     direct = json.loads((tmp_path / "direct" / "metadata.json").read_text())
     assert direct["apis"] == ["remote_read"]
     assert same_table(pq.read_table(tmp_path / "auto" / "dataset.parquet"),
@@ -468,3 +481,23 @@ def test_no_pandas_import(prom: dict[str, object], tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_server_answering_samples_to_a_chunks_request_gets_range_queries(
+        irregular: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    handler = type("Handler", (NoRemoteRead,), {"upstream": str(irregular["url"]), "samples": True})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = "http://127.0.0.1:%d" % server.server_address[1]
+    start = int(irregular["start"])  # type: ignore[call-overload]
+    common = ["--start", str(start), "--end", str(start + 299), "--sampling", "1", "--no-progress"]
+    try:
+        assert extract(["--prometheus", url, *common, "--out", str(tmp_path / "auto")]) == 0
+        assert json.loads((tmp_path / "auto" / "metadata.json").read_text())["apis"] == ["query_range"]
+        assert "does not serve remote read (a frame runs past the response" in capsys.readouterr().err
+        assert extract(["--prometheus", url, *common, "--api", "remote_read", "--out", str(tmp_path / "rr")]) == 2
+        err = errors(capsys.readouterr().err)
+        assert len(err) == 1 and "does not serve remote read" in err[0] and "a proxy in between?" in err[0], err
+    finally:
+        server.shutdown()
+        server.server_close()

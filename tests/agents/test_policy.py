@@ -62,3 +62,24 @@ def test_huge_predictions_ask_for_max_instances(huge: float) -> None:
     assert p.desired(huge) == 8
     state = p.initial(2)
     assert p.decide(state, huge) == Decision("scale_up", 8, 8)
+
+
+def test_cooldown_holds_after_a_scaling_action_then_decides_again() -> None:
+    p = policy(per_instance=0.25, min_instances=1, max_instances=4, down_after=1, cooldown=15.0)
+    s = p.initial(1)
+    assert p.decide(s, 0.7, now=100.0).action == "scale_up" and s.current == 3
+    # The new instances' start looks like load, then like none: both held.
+    assert [p.decide(s, v, now=t).action for v, t in ((0.95, 105.0), (0.05, 110.0), (0.05, 114.9))] == [
+        "hold", "hold", "hold"]
+    assert s.current == 3 and s.lower == []
+    d = p.decide(s, 0.05, now=115.0)
+    assert (d.action, d.target) == ("scale_down", 1)
+    assert p.decide(s, 0.9, now=120.0).action == "hold"  # the down's own cooldown
+    assert p.decide(s, 0.9, now=130.0).action == "scale_up"
+
+
+def test_no_clock_no_cooldown() -> None:
+    p = policy(per_instance=0.25, down_after=1, cooldown=15.0)
+    s = p.initial(1)
+    assert [p.decide(s, v).action for v in (0.7, 0.05, 0.7)] == ["scale_up", "scale_down", "scale_up"]
+

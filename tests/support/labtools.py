@@ -36,6 +36,20 @@ class Run:
             for m in RECAP.finditer(tail)
         }
 
+    def failures(self, tail: int = 2000) -> str:
+        """Each failed task of the run (its TASK line and its failure, up to the
+        next blank line) and then the output's last `tail` characters: the
+        message of an assertion on rc. The tail alone is the profile's list of
+        slow tasks, which hides what failed."""
+        blocks, task, lines = [], "", self.output.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith(("TASK [", "RUNNING HANDLER [")):
+                task = line
+            elif line.lstrip().startswith(("fatal: [", "failed: [")) or line.startswith("ERROR!"):
+                end = next((j for j in range(i + 1, len(lines)) if not lines[j].strip()), len(lines))
+                blocks.append("\n".join([task, *lines[i:min(end, i + 40)]]))
+        return "\n\n".join([*blocks, "... " + self.output[-tail:]])
+
 
 def ansible_playbook(*args: str, timeout: int = 1800) -> Run:
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_FORCE_COLOR="0",

@@ -86,6 +86,8 @@ class PolicyConfig:
     max_instances: int = 8
     down_after: int = 3
     up_margin: float = 0.0
+    # Seconds the policy holds after it scaled a worker (the new instances' start).
+    cooldown: float = 15.0
 
 
 @dataclass
@@ -401,6 +403,8 @@ def load_cluster_config(path: str = CLUSTER_CONFIG, env: Mapping[str, str] | Non
         raise ConfigError(f"policy: need 0 <= min_instances <= max_instances, got {p.min_instances}, {p.max_instances}")
     if p.down_after < 1:
         raise ConfigError(f"policy.down_after must be >= 1, got {p.down_after}")
+    if not 0 <= p.cooldown <= 3600:
+        raise ConfigError(f"policy.cooldown must be from 0 to 3600 seconds, got {p.cooldown}")
     if cfg.actuator.name == "kubernetes" and not cfg.actuator.deployment:
         raise ConfigError("actuator.deployment is required for the kubernetes actuator")
     _positive("actuator.timeout", cfg.actuator.timeout)

@@ -1,5 +1,6 @@
 """edgelab's Kafka producer and consumer helpers (kafka-python), as the feeder and the
-detection consumers use them (docs/kafka.md, "Helpers").
+agents use them (docs/kafka.md, "Helpers"). KafkaSettings also gives the same settings
+in librdkafka's names, for the detection consumer's confluent-kafka clients.
 
 Deliberately thin: settings in one typed object, defaults chosen for the testbed,
 at-least-once consumption (a record is committed only after the handler returned), and
@@ -49,6 +50,21 @@ class KafkaSettings:
                           sasl_plain_username=self.sasl_username, sasl_plain_password=self.sasl_password)
         if self.ssl_cafile:
             config["ssl_cafile"] = self.ssl_cafile
+        return config
+
+    def librdkafka_config(self) -> dict[str, object]:
+        """The same settings for confluent-kafka (librdkafka's property names), which the
+        detection consumer uses to move frames; SASL defaults to SCRAM-SHA-512 as above."""
+        config: dict[str, object] = {
+            "bootstrap.servers": ",".join(self.bootstrap),
+            "security.protocol": self.security_protocol.lower(),
+            "client.id": self.client_id,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            config.update({"sasl.mechanism": self.sasl_mechanism or "SCRAM-SHA-512",
+                           "sasl.username": self.sasl_username, "sasl.password": self.sasl_password})
+        if self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
         return config
 
 

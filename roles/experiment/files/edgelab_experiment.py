@@ -11,9 +11,9 @@ controller's Python (the project's .venv, where edgelab-agents is installed):
         member makes it fail with one line). --if-new leaves a group that has committed
         offsets as it is.
     edgelab_experiment.py dump --bootstrap B --topic T --since EPOCH_S --out FILE [kafka options]
-        every record of T whose timestamp is at or after EPOCH_S, up to the partitions'
-        ends at the time of the call, as JSON lines (the record's value when it is a JSON
-        object, else {"key", "value"} as text) written atomically; the count on stdout
+        every record of T whose timestamp is at or after EPOCH_S and before the call, as
+        JSON lines (the record's value when it is a JSON object, else {"key", "value"}
+        as text) written atomically; the count on stdout
 
     edgelab_experiment.py mlflow-log --tracking-uri URL --experiment NAME --run-dir DIR
                           --username U --password-file FILE [--ca-file FILE]
@@ -127,38 +127,14 @@ def record_json(record: Any) -> str:
 
 
 def dump(args: argparse.Namespace) -> None:
-    client = consumer(args, None)
-    lines: list[str] = []
-    try:
-        tps = partitions(client, args.topic)
-        ends = client.end_offsets(tps)
-        since_ms = int(args.since * 1000)
-        starts = client.offsets_for_times({tp: since_ms for tp in tps})
-        client.assign(tps)
-        todo = {}
-        for tp in tps:
-            found = starts.get(tp)
-            if found is None or found.offset >= ends[tp]:
-                continue
-            client.seek(tp, found.offset)
-            todo[tp] = ends[tp]
-        deadline = time.monotonic() + args.timeout
-        while todo:
-            if time.monotonic() > deadline:
-                left = sum(end - client.position(tp) for tp, end in todo.items())
-                raise ConfigError(f"topic {args.topic}: {left} records not read within {args.timeout:g} s")
-            for tp, records in client.poll(timeout_ms=1000, max_records=5000).items():
-                for record in records:
-                    # The time lookup only positions the read: a broker that ignores it
-                    # (Tansu answers with the partition's start) still gets filtered here.
-                    if record.offset < todo.get(tp, 0) and record.timestamp >= since_ms:
-                        lines.append(record_json(record))
-            for tp in list(todo):
-                if client.position(tp) >= todo[tp]:
-                    del todo[tp]
-                    client.pause(tp)
-    finally:
-        client.close()
+    """The topic's records with a timestamp from --since to the start of the dump, as
+    edgelab-report reads the results topic (edgelab.experiments.report.topic_records:
+    every partition from its beginning, past the reported ends until the topic is
+    quiet), each as record_json; written atomically when all were read."""
+    from edgelab.experiments.report import topic_records
+
+    found = topic_records(settings(args), args.topic, since=args.since, timeout_s=args.timeout, option="--topic")
+    lines = [record_json(record) for record in found]
     cli.write_atomic(args.out, "".join(line + "\n" for line in lines))
     print(json.dumps({"topic": args.topic, "records": len(lines), "out": args.out}))
 
@@ -301,7 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     three.add_argument("--since", type=float, required=True, metavar="EPOCH_S")
     three.add_argument("--out", required=True, metavar="FILE")
     three.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
-                       help="give up when the records are not read within this long (300)")
+                       help="give up when no record comes for this long while the partitions' reported ends "
+                            "are not reached (300)")
     three.set_defaults(func=dump)
 
 

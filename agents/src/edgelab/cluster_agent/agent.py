@@ -350,7 +350,7 @@ class ClusterAgent:
         if node.policy is None:
             node.policy = self.policy.initial(node.instances if node.instances >= 0 else 0)
         before = node.policy.current
-        decision = self.policy.decide(node.policy, pred.value)
+        decision = self.policy.decide(node.policy, pred.value, time.monotonic())
         record = {"event": "decision", "ts": round(time.time(), 3), "worker": node.name,
                   "action": decision.action, "prediction": round(pred.value, 6), "target": decision.target,
                   "desired": decision.desired, "previous": before, "instances": node.instances,

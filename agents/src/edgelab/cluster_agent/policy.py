@@ -4,7 +4,10 @@ should run. Pluggable: implement Policy and register it by name in POLICIES.
 target_instances (default): desired = clamp(ceil(prediction / per_instance)) within
 [min_instances, max_instances]. Up at once (when the prediction exceeds the current
 capacity by more than up_margin), down only after `down_after` consecutive decisions
-that all wanted fewer (then to the highest of those).
+that all wanted fewer (then to the highest of those). For `cooldown` seconds after it
+scaled a worker it holds: the samples of those seconds show the instances starting or
+stopping (a consumer loading its model is a burst of CPU), not the load, and acting on
+them would scale again at once (the flapping seen on the lab before this existed).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class PolicyState:
 
     current: int
     lower: list[int] = field(default_factory=list)
+    # When this policy last scaled the worker (the caller's clock), None: never.
+    changed_at: float | None = None
 
 
 @dataclass
@@ -36,7 +41,7 @@ class Policy(Protocol):
 
     def initial(self, reported_instances: int) -> PolicyState: ...
 
-    def decide(self, state: PolicyState, prediction: float) -> Decision: ...
+    def decide(self, state: PolicyState, prediction: float, now: float | None = None) -> Decision: ...
 
 
 class TargetInstances:
@@ -57,8 +62,19 @@ class TargetInstances:
     def initial(self, reported_instances: int) -> PolicyState:
         return PolicyState(current=self.clamp(reported_instances))
 
-    def decide(self, state: PolicyState, prediction: float) -> Decision:
+    def decide(self, state: PolicyState, prediction: float, now: float | None = None) -> Decision:
+        """The decision for one prediction; `now` (seconds, any monotonic clock) enables
+        the cooldown after a scaling action (without it there is none)."""
         want = self.desired(prediction)
+        if now is not None and state.changed_at is not None and now - state.changed_at < self.cfg.cooldown:
+            state.lower.clear()
+            return Decision("hold", state.current, want)
+        decision = self._decide(state, want, prediction)
+        if decision.action != "hold":
+            state.changed_at = now
+        return decision
+
+    def _decide(self, state: PolicyState, want: int, prediction: float) -> Decision:
         if want > state.current:
             state.lower.clear()
             if prediction - state.current * self.cfg.per_instance > self.cfg.up_margin:

@@ -20,8 +20,16 @@ consumer that dies mid-batch loses nothing: its uncommitted frames are processed
 again by whoever gets the partition (at-least-once; duplicates are possible). The
 producer is not flushed after every poll: a batch's results are acknowledged while
 the next batch is processed, and its offsets committed (asynchronously) after that one,
-so a crash or a rebalance can have up to two batches (2 x --max-poll-records frames)
-of a member processed again.
+so a crash can have up to two batches (2 x --max-poll-records frames) of a member
+processed again; before a rebalance takes partitions away, the member waits for its
+results' acknowledgements and commits them.
+
+The Kafka clients are confluent-kafka's (librdkafka, frames read in C): a consumer
+joins its group in about 3 s (half the 6 s session timeout, on Tansu), a member
+added or stopped gets every partition consumed again within a few seconds, one
+killed after its session timed out. The topics' metadata is refreshed every
+--metadata-max-age seconds (default 30), so a partition count changed on the broker
+reaches the group within that.
 
 /metrics (default port 9466 + N - 1, --metrics-port) exposes frames processed, frame
 errors, detections, the inference and end-to-end latency histograms, per-stage time
@@ -33,7 +41,7 @@ on the command line), --ssl-cafile. SIGTERM finishes the current batch, waits fo
 acknowledgement of every result sent, commits, exits.
 --report FILE writes the closing summary: frames, time per stage, the process's CPU
 time, the inference thread's CPU time in ONNX Runtime and the CPU time of each thread
-(the Kafka clients' network threads by name).
+(librdkafka's threads by name).
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ import numpy as np
 
 from .. import cli
 from ..config import SASL_MECHANISMS, SECURITY_PROTOCOLS, ConfigError
-from ..kafka import GroupConsumer, KafkaSettings
+from ..kafka import KafkaSettings
 from .yolo import FrameError, letterbox, postprocess, read_frame
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,9 @@ log = logging.getLogger(__name__)
 PROG = "edgelab-consumer"
 BASE_METRICS_PORT = 9466  # the `consumers` scrape job's port of instance 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# How long a stopping member waits for a rebalance it is in to end before it leaves
+# the group (PublishingConsumer.settle).
+SETTLE_S = 10.0
 RESULT_BATCH_BYTES = 256 * 1024  # results' producer batches (a result is at most ~10 KB)
 STAGES = ("poll", "decode", "inference", "postprocess", "publish")
 
@@ -206,19 +217,22 @@ class Detector:
         self.stages = Stages()
         metrics.info.labels(consumer, model.name, model.version).set(1)
 
-    def handle(self, record: Any, received: float) -> bytes:
+    def handle(self, key: bytes | None, value: bytes | None, partition: int, offset: int,
+               timestamp_ms: int | None, received: float) -> bytes:
+        """One frame record (key, value, partition, offset, Kafka timestamp in ms or None)
+        received at `received` (epoch seconds) into its result record."""
         t0 = time.perf_counter()
         result: dict[str, Any] = {
-            "frame": record.key.decode("utf-8", "replace") if record.key is not None else None,
-            "partition": record.partition, "offset": record.offset, "consumer": self.consumer,
+            "frame": key.decode("utf-8", "replace") if key is not None else None,
+            "partition": partition, "offset": offset, "consumer": self.consumer,
             "model": {"name": self.model.name, "version": self.model.version},
-            "frame_bytes": len(record.value or b""), "width": None, "height": None,
-            "produced": record.timestamp / 1000.0 if record.timestamp is not None else None,
+            "frame_bytes": len(value or b""), "width": None, "height": None,
+            "produced": timestamp_ms / 1000.0 if timestamp_ms is not None else None,
             "received": received, "inference_start": None, "inference_end": None,
             "detections": [], "error": None,
         }
         try:
-            image = read_frame(record.value or b"")
+            image = read_frame(value or b"")
             tensor, geometry = letterbox(image, self.model.size)
         except FrameError as exc:
             result["error"] = str(exc)
@@ -266,111 +280,255 @@ def detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> li
         classes.astype(np.int64).tolist(), strict=True)]
 
 
-class PublishingConsumer(GroupConsumer):
-    """A group member whose commits wait for the results: a poll's records are handled and
-    their results sent, and the poll's offsets are committed once the broker acknowledged
-    every one of its results. The producer is not flushed after each poll: a batch's
-    acknowledgements arrive while the next batch is processed, and its offsets go out
-    with an asynchronous commit after that next poll. When more than `max_pending`
-    batches still wait for acknowledgements after a poll, the producer is flushed and
-    they are committed synchronously; finish() does that too."""
+class _Batch:
+    """One poll's frames: their results not yet acknowledged, the first delivery error,
+    and the offsets (next to consume, per (topic, partition)) that the results cover."""
 
-    def __init__(self, settings: KafkaSettings, topic: str, group: str, producer: Any, results_topic: str,
-                 *, max_poll_records: int, max_pending: int = 1) -> None:
-        super().__init__(settings, topic, group, max_poll_records=max_poll_records)
-        self.producer = producer
+    __slots__ = ("failed", "offsets", "remaining", "sent")
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.sent = 0
+        self.failed: list[str] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def delivered(self, err: Any, _msg: Any) -> None:  # a producer delivery report, on poll()/flush()
+        self.remaining -= 1
+        if err is not None:
+            self.failed.append(str(err))
+
+
+class PublishingConsumer:
+    """A group member whose commits wait for the results (confluent-kafka, librdkafka: it
+    reads the frames in C, where kafka-python reads its socket 4 KB at a time in Python).
+    A poll's frames are handled and their results produced; the poll's offsets are
+    committed once the broker acknowledged every one of its results. The producer is not
+    flushed after each poll: a batch's acknowledgements arrive while the next batch is
+    processed, and its offsets go out with an asynchronous commit after that next poll.
+    When more than `max_pending` batches still wait for acknowledgements after a poll,
+    the producer is flushed and they are committed synchronously; finish() does that,
+    and so does a rebalance before this member gives its partitions up.
+
+    Group timing: the session times out after session_timeout_ms (a dead member's
+    partitions move after that), heartbeats every heartbeat_interval_ms tell a member of
+    a rebalance; the broker in the lab (Tansu) answers a first JoinGroup after half the
+    session timeout. metadata_max_age_ms bounds how long a changed partition count of
+    the topic goes unnoticed (librdkafka's default is 5 minutes)."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, group: str, results_topic: str, *,
+                 max_poll_records: int, max_pending: int = 1, session_timeout_ms: int = 6000,
+                 heartbeat_interval_ms: int = 1000, metadata_max_age_ms: int = 30_000,
+                 connect_timeout_s: float = 10.0) -> None:
+        from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+        # librdkafka's warnings and errors go to this module's log (served by poll()).
+        common = {**settings.librdkafka_config(), "topic.metadata.refresh.interval.ms": metadata_max_age_ms,
+                  "log_level": 4, "logger": logging.getLogger(f"{__name__}.librdkafka")}
+        where = ",".join(settings.bootstrap)
+        try:
+            # A poll's results fit one batch: the sender is woken once per batch, not per result.
+            self.producer: Any = Producer({**common, "acks": 1, "linger.ms": 5, "batch.size": RESULT_BATCH_BYTES,
+                                      "message.timeout.ms": 60_000})
+            # Connected, with the results topic's metadata, before the first frame.
+            self.producer.list_topics(results_topic, timeout=connect_timeout_s)
+            self._consumer: Any = Consumer({
+                **common, "group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms,
+                "heartbeat.interval.ms": heartbeat_interval_ms, "on_commit": self._committed,
+                # Prefetch about a second of frames (16 MiB, ~17 of 640x480), topped up every
+                # 20 ms: what a rebalance discards stays small, the queue never runs dry.
+                "queued.max.messages.kbytes": 16 * 1024, "queued.min.messages": 4 * max_poll_records,
+                "fetch.queue.backoff.ms": 20, "fetch.max.bytes": 16 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024})
+            self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
+                                     on_lost=self._lost)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            text = error.str() if isinstance(error, KafkaError) else str(exc)
+            raise ConfigError(f"kafka {where}: {' '.join(text.split())[:300]}") from None
+        self.topic = topic
         self.results_topic = results_topic
+        self.max_poll_records = max_poll_records
         self.max_pending = max_pending
-        # Per polled batch: its results' send futures and the offsets to commit after them.
-        self.pending: deque[tuple[list[Any], dict[Any, Any]]] = deque()
+        self.pending: deque[_Batch] = deque()
+        self.handled = 0
         self.commit_errors = 0
+        self.rebalances = 0
+        # Between a JoinGroup and the assignment that ends it (the first one included).
+        self.rebalancing = True
 
-    def poll_batch(self, handle: Callable[[Any, float], bytes], stages: Stages, timeout_ms: int = 500) -> int:
-        from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped, unused-ignore]
+    # -- the group's callbacks (run inside consume() on this thread)
+    def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
+        self.rebalances += 1
+        self.rebalancing = False
+        log.debug("assigned %s", [p.partition for p in partitions])
 
+    def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
+        """Before the partitions go: commit what their acknowledged results cover, so the
+        next owner repeats as little as possible."""
+        self.rebalancing = True
+        try:
+            self.commit_acknowledged(wait=True, timeout_s=5.0)
+        except Exception as exc:  # librdkafka's KafkaException, or results the broker refused
+            log.warning("commit before giving up %d partitions failed: %s", len(partitions), exc)
+
+    def _lost(self, _consumer: Any, partitions: list[Any]) -> None:
+        self.rebalancing = True
+        log.warning("%d partitions lost (session expired): their next owner processes them again",
+                    len(partitions))
+
+    def _committed(self, err: Any, partitions: list[Any]) -> None:
+        if err is not None:  # the frames are processed again by the partition's next owner
+            self.commit_errors += 1
+            log.warning("commit of %d partition offsets failed: %s", len(partitions), err)
+
+    # -- processing
+    def poll_batch(self, handle: Callable[..., bytes], stages: Stages, timeout_ms: int = 500) -> int:
+        """One poll: handle(key, value, partition, offset, timestamp_ms, received) per frame,
+        its result produced keyed like the frame; returns the number of frames handled."""
         t0 = time.perf_counter()
-        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        # Wait for one frame, then take what else is already fetched: consume(N, timeout)
+        # alone would hold a short batch back until the timeout in search of N.
+        messages = self._consumer.consume(num_messages=1, timeout=timeout_ms / 1000)
+        if messages and self.max_poll_records > 1:
+            messages += self._consumer.consume(num_messages=self.max_poll_records - 1, timeout=0)
         received = time.time()
         stages.add("poll", time.perf_counter() - t0)
-        futures: list[Any] = []
-        offsets: dict[Any, Any] = {}
-        for tp, records in batches.items():
-            for record in records:
-                value = handle(record, received)
-                t1 = time.perf_counter()
-                futures.append(self.producer.send(self.results_topic, key=record.key, value=value))
-                stages.add("publish", time.perf_counter() - t1)
-            if records:
-                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        batch = _Batch()
+        produce, results_topic = self.producer.produce, self.results_topic
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                log.warning("consume: %s", error.str())
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:  # not a record
+                continue
+            kind, timestamp = message.timestamp()
+            key = message.key()
+            value = handle(key, message.value(), partition, offset, timestamp if kind else None, received)
+            t1 = time.perf_counter()
+            batch.remaining += 1
+            try:
+                produce(results_topic, value, key, on_delivery=batch.delivered)
+            except BufferError:  # the producer's queue is full: let it drain, then queue
+                self.producer.flush(60)
+                produce(results_topic, value, key, on_delivery=batch.delivered)
+            batch.sent += 1
+            batch.offsets[(topic, partition)] = offset + 1
+            stages.add("publish", time.perf_counter() - t1)
         t1 = time.perf_counter()
-        if futures:
-            self.pending.append((futures, offsets))
-            self.handled += len(futures)
+        if batch.sent:
+            self.pending.append(batch)
+            self.handled += batch.sent
         self.commit_acknowledged(wait=False)
         if len(self.pending) > self.max_pending:  # the broker is behind: wait for it
             self.commit_acknowledged(wait=True)
         stages.add("publish", time.perf_counter() - t1)
-        return len(futures)
+        return batch.sent
 
-    def commit_acknowledged(self, *, wait: bool) -> None:
+    def commit_acknowledged(self, *, wait: bool, timeout_s: float = 60.0) -> None:
         """Commit the offsets of the oldest batches whose results were all acknowledged
         (asynchronously); with wait, flush the producer first so that every batch is,
         and commit synchronously. Offsets of partitions this member no longer holds
         (a rebalance) are left to their new owner, which processes them again."""
+        from confluent_kafka import TopicPartition
+
         if wait and self.pending:
-            self.producer.flush(timeout=60)
-        offsets: dict[Any, Any] = {}
-        while self.pending and all(f.is_done for f in self.pending[0][0]):
-            futures, batch_offsets = self.pending.popleft()
-            failed = [f for f in futures if f.failed()]
-            if failed:
-                raise RuntimeError(f"{len(failed)} of {len(futures)} results were not acknowledged by the broker "
-                                   f"({' '.join(str(failed[0].exception).split())[:200]}); offsets not committed")
-            offsets.update(batch_offsets)
-        held = self._consumer.assignment()
-        offsets = {tp: offset for tp, offset in offsets.items() if tp in held}
+            self.producer.flush(timeout_s)
+        else:
+            self.producer.poll(0)  # serve the delivery reports that arrived
+        offsets: dict[tuple[str, int], int] = {}
+        while self.pending and self.pending[0].remaining == 0:
+            batch = self.pending.popleft()
+            if batch.failed:
+                raise RuntimeError(f"{len(batch.failed)} of {batch.sent} results were not acknowledged by the "
+                                   f"broker ({' '.join(batch.failed[0].split())[:200]}); offsets not committed")
+            offsets.update(batch.offsets)
         if not offsets:
             return
+        held = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        commit = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()
+                  if (topic, partition) in held]
+        if not commit:
+            return
         if wait:
-            self._consumer.commit(offsets)
+            self._consumer.commit(offsets=commit, asynchronous=False)
         else:
-            self._consumer.commit_async(offsets, callback=self._committed)
-
-    def _committed(self, offsets: Any, response: Any) -> None:
-        if isinstance(response, Exception):  # the frames are processed again by the partition's next owner
-            self.commit_errors += 1
-            log.warning("commit of %d partition offsets failed: %s", len(offsets), response)
+            self._consumer.commit(offsets=commit, asynchronous=True)
 
     def finish(self) -> None:
         """Wait for every result's acknowledgement and commit what they cover."""
         self.commit_acknowledged(wait=True)
 
+    def assignment(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.assignment()}
+
     def lag(self) -> int | None:
-        """Records between this member's positions and the partitions' high watermarks."""
+        """Records between this member's positions and the partitions' high watermarks
+        (as of the last fetch; None before this member consumed from any partition)."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return None
         total, known = 0, False
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
+        for tp in self._consumer.position(assigned):
+            if tp.offset < 0:  # nothing consumed from it yet
                 continue
-            total += max(0, high - self._consumer.position(tp))
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                continue
+            total += max(0, high - tp.offset)
             known = True
         return total if known else None
 
+    def settle(self, timeout_s: float | None = None) -> bool:
+        """Wait (up to timeout_s) for a rebalance this member is in to end; whether it
+        ended. A member that leaves the group between its JoinGroup and its assignment
+        wedges the group on Tansu 0.6: no member, old or new, is given a partition
+        again (seen in the lab when the node agent stopped an instance a few seconds
+        after another one joined, and reproduced on loopback). Frames fetched meanwhile
+        are dropped unprocessed and uncommitted: the partitions' next owner handles them."""
+        deadline = time.monotonic() + (SETTLE_S if timeout_s is None else timeout_s)
+        while self.rebalancing and time.monotonic() < deadline:
+            self._consumer.consume(num_messages=self.max_poll_records, timeout=0.2)
+        return not self.rebalancing
+
+    def close(self) -> None:
+        """Leave the group (its partitions move at once; after settle(), never in the
+        middle of a rebalance) and send what is queued. The clients are dropped: their
+        callbacks refer to this object, and the producer's threads would otherwise
+        live on until the garbage collector finds the cycle."""
+        try:
+            if not self.settle():
+                log.warning("left the group of %s in the middle of a rebalance (%g s passed)", self.topic, SETTLE_S)
+            self._consumer.close()
+        finally:
+            self.producer.flush(10)
+            self._consumer = self.producer = None
+
 
 def thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by each live Python thread of this process, by thread name
-    (the Kafka clients' network threads are named after the client): where the time goes
-    besides inference. Read from /proc (Linux; {} where there is none)."""
+    """CPU seconds used so far by each thread of this process, by name: Python threads by
+    their Python name, the others (librdkafka's "rdk:main", "rdk:broker...", ONNX Runtime's
+    pool) by the kernel's; where the time goes besides inference. Read from /proc (Linux;
+    {} where there is none)."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    python_names = {thread.native_id: thread.name for thread in threading.enumerate()}
     found: dict[str, float] = {}
-    for thread in threading.enumerate():
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
         try:
-            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            stat = (task / "stat").read_text()
+            kernel_name = stat[stat.index("(") + 1:stat.rindex(")")]
             fields = stat.rsplit(")", 1)[1].split()
             seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
         except (OSError, IndexError, ValueError):
             continue
-        found[thread.name] = found.get(thread.name, 0.0) + seconds
+        name = python_names.get(int(task.name), kernel_name)
+        found[name] = found.get(name, 0.0) + seconds
     return found
 
 
@@ -401,6 +559,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument("--topic", default="edgelab.frames", help="frames topic (default edgelab.frames)")
     kafka.add_argument("--results-topic", default="edgelab.detections",
                        help="results topic (default edgelab.detections)")
+    kafka.add_argument("--metadata-max-age", type=float, default=30.0, metavar="SECONDS",
+                       help="refresh the topics' metadata this often: a changed partition count is seen "
+                            "within it (default 30)")
     kafka.add_argument("--security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS)
     kafka.add_argument("--sasl-mechanism", default="SCRAM-SHA-512", choices=SASL_MECHANISMS)
     kafka.add_argument("--sasl-username")
@@ -424,6 +585,7 @@ def check_args(args: argparse.Namespace) -> None:
               ("--max-poll-records", args.max_poll_records >= 1, ">= 1"),
               ("--max-frames", args.max_frames is None or args.max_frames >= 1, ">= 1"),
               ("--idle-exit", args.idle_exit is None or args.idle_exit > 0, "> 0"),
+              ("--metadata-max-age", 1.0 <= args.metadata_max_age <= 3600.0, "from 1 to 3600"),
               ("--imgsz", args.imgsz is None or (args.imgsz >= 32 and args.imgsz % 32 == 0), "a multiple of 32"),
               ("--metrics-port", args.metrics_port is None or 0 <= args.metrics_port <= 65535, "from 0 to 65535")]
     for flag, ok, rule in checks:
@@ -432,9 +594,6 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def start(args: argparse.Namespace) -> None:
-    from kafka import KafkaProducer  # type: ignore[import-untyped, unused-ignore]
-    from kafka.errors import KafkaError  # type: ignore[import-untyped, unused-ignore]
-
     from .feeder import kafka_settings
 
     check_args(args)
@@ -451,18 +610,9 @@ def start(args: argparse.Namespace) -> None:
     if port:
         metrics.serve(args.metrics_address, port)
     detector = Detector(model, name, metrics, conf=args.conf, iou=args.iou, max_detections=args.max_detections)
-    try:
-        # A poll's results fit one batch: the producer's sender thread is woken once per
-        # batch (a socket write each time), not every couple of results.
-        producer = KafkaProducer(**settings.client_config(), acks=1, linger_ms=5, batch_size=RESULT_BATCH_BYTES,
-                                 max_block_ms=10_000)
-        # Connected, with the results topic's metadata, before the first frame: the
-        # first result does not wait for them.
-        producer.partitions_for(args.results_topic)
-        consumer = PublishingConsumer(settings, args.topic, args.group, producer, args.results_topic,
-                                      max_poll_records=args.max_poll_records)
-    except KafkaError as exc:
-        raise ConfigError(f"kafka {args.bootstrap}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    consumer = PublishingConsumer(settings, args.topic, args.group, args.results_topic,
+                                  max_poll_records=args.max_poll_records,
+                                  metadata_max_age_ms=int(args.metadata_max_age * 1000))
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     log.info("%s: %s v%s (%dx%d, %d thread%s) on %s, group %s, results to %s, /metrics on %s", name, model.name,
@@ -503,7 +653,6 @@ def start(args: argparse.Namespace) -> None:
         threads = thread_cpu_seconds()  # before close() ends the clients' threads
     finally:
         consumer.close()
-        producer.close(timeout=10)
     summary = {"consumer": name, "model": model.name, "version": model.version, "frames": detector.stages.frames,
                "errors": detector.stages.errors, "seconds": round(time.monotonic() - started, 3),
                "stage_seconds": {k: round(v, 4) for k, v in detector.stages.seconds.items()},

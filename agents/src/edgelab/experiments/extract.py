@@ -10,18 +10,20 @@ up to its second "_"), and families are packed into requests with one
 `{__name__=~"a|b|..."}` matcher each, at most --max-points-per-request points (raw
 samples for remote read) per request; a --selector is queried as it is.
 
-API (--api): query_range (default) uses JSON range queries. remote_read reads the
-raw samples of every segment and the lookback before it with Prometheus's remote-read
-API (POST /api/v1/read, snappy protobuf; Prometheus serves it by default) and
-resamples them to the --sampling grid exactly as a range query evaluates (the last
-sample no older than --lookback, none after a staleness marker), so the dataset is
-the same as query_range's; it moves fewer bytes (snappy) but, measured against
-Prometheus 2.42 on loopback, costs more CPU (docs/benchmarks.md). Its requests are
-sized by raw samples: a probe reads 30 s of every series at the start, middle and
-end of the range to find the densest. Remote read adds the server's external labels;
-they are removed. auto is remote read with range queries where it cannot serve: a
-server or proxy that answers /api/v1/read with 404, 405, 406, 415 or 501, and a
---selector that is an expression rather than a series selector.
+API (--api): auto (default) is remote read, with range queries where it cannot serve:
+a server or proxy that answers /api/v1/read with 404, 405, 406, 415 or 501 or with
+something other than streamed chunks, and a --selector that is an expression rather
+than a series selector. remote_read reads, with Prometheus's remote-read API (POST
+/api/v1/read, which Prometheus serves by default), the server's stored XOR chunks of
+every segment and the lookback before it (streamed, so the server decodes nothing),
+decodes them here and resamples them to the --sampling grid exactly as a range query
+evaluates (the last sample no older than --lookback, none after a staleness marker),
+so the dataset is the same as query_range's; measured against Prometheus 2.42 on
+loopback it costs the server far less CPU than JSON, the client about the same, and
+moves a tenth of the bytes (docs/benchmarks.md). Its
+requests are sized by raw samples: a probe reads 30 s of every series at the start,
+middle and end of the range to find the densest. Remote read adds the server's
+external labels; they are removed. query_range uses JSON range queries only.
 
 How: the range is cut at --sampling seconds into segments of --segment_size
 evaluation points (at most 11,000, Prometheus's limit per series); --n_threads
@@ -356,7 +358,7 @@ def fetch_part_remote(client: RemoteReadClient, query: dict[str, Any], segment: 
     lookback_ms = round(server["lookback"] * 1000)
     matchers = [(int(kind), str(name), str(value)) for kind, name, value in query["matchers"]]
     try:
-        found = client.read([(int(grid[0]) - lookback_ms, int(grid[-1]), matchers)])
+        found = client.read_chunks([(int(grid[0]) - lookback_ms, int(grid[-1]), matchers)])
     except PrometheusQueryError as exc:
         raise cli.InputError("remote read of %s from %s to %s: %s"
                              % (query["query"], iso(segment.start), iso(segment.end(step)), exc)) from None
@@ -514,7 +516,7 @@ def remote_read_server(client: PrometheusClient, api: str, lookback: float, at: 
         return None
     probe = [(round(at * 1000) - 1, round(at * 1000), [(0, "__name__", "edgelab_extract_probe")])]
     try:
-        client.read(probe)
+        client.read_chunks(probe)
     except (PrometheusHTTPError, RemoteReadError) as exc:
         if isinstance(exc, PrometheusHTTPError) and exc.status not in NOT_SERVED:
             raise ExtractError("remote read: %s" % exc) from None
@@ -740,13 +742,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--max-points-per-request", type=int, default=250_000, metavar="N",
                       help="points per range query when packing metric families (default 250000)")
     how = parser.add_argument_group("how")
-    how.add_argument("--api", choices=("query_range", "remote_read", "auto"), default="query_range",
-                     help="query_range (default, the faster here: docs/benchmarks.md): JSON range queries. "
-                          "remote_read: raw samples from /api/v1/read (snappy protobuf, fewer bytes), "
-                          "resampled to the --sampling grid exactly as a range query evaluates, the same "
-                          "dataset; Prometheus serves it by default (a proxy in front may not). auto: remote "
-                          "read, with range queries when the server does not serve it or for a --selector that "
-                          "is a PromQL expression rather than a series selector")
+    how.add_argument("--api", choices=("auto", "remote_read", "query_range"), default="auto",
+                     help="auto (default): remote read, with range queries when the server does not serve it "
+                          "or for a --selector that is a PromQL expression rather than a series selector. "
+                          "remote_read: the server's stored chunks from /api/v1/read (streamed; Prometheus "
+                          "serves it by default, a proxy in front may not), decoded and resampled to the "
+                          "--sampling grid exactly as a range query evaluates: the same dataset for far less "
+                          "server CPU (docs/benchmarks.md). query_range: JSON range queries")
     how.add_argument("--lookback", type=float, default=LOOKBACK_S, metavar="SECONDS",
                      help="the server's --query.lookback-delta, for resampling remote-read samples (default 300)")
     how.add_argument("--n_threads", type=int, default=4, help="queries at once (default 4)")

@@ -183,12 +183,13 @@ def validate(spec: object, *, file_name: str | None = None) -> dict[str, Any]:
     out["consumers"] = {"min": low, "max": high, "start": first,
                         "threads": int(c.number(consumers, "consumers.threads", 1, integer=True, low=1))}
 
-    agent = c.section(spec, "cluster_agent", ("policy", "per_instance", "down_after", "up_margin"))
+    agent = c.section(spec, "cluster_agent", ("policy", "per_instance", "down_after", "up_margin", "cooldown"))
     out["cluster_agent"] = {
         "policy": c.choice(agent, "cluster_agent.policy", POLICIES, "target_instances"),
         "per_instance": c.number(agent, "cluster_agent.per_instance", 0.25, low=0, low_open=True, high=1),
         "down_after": int(c.number(agent, "cluster_agent.down_after", 3, integer=True, low=1)),
         "up_margin": c.number(agent, "cluster_agent.up_margin", 0.0, low=0, high=1),
+        "cooldown": c.number(agent, "cluster_agent.cooldown", 15, low=0, high=3600),
     }
 
     model = c.section(spec, "model", ("source", "path", "exp_id", "imgsz", "conf", "iou"))
