@@ -37,8 +37,11 @@ def airflow_python() -> Path:
     python = venv / "bin" / "python"
     if not (venv / ".complete").is_file():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
-                        str(LOCK)], check=True, timeout=1800)
+        # --no-deps: the lock is the whole closure. Resolving it again makes the
+        # venv's stock pip (23.x) pick the index's newest uvicorn for
+        # fastapi-cli's "uvicorn[standard]" and refuse it as unpinned.
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                        "-r", str(LOCK)], check=True, timeout=1800)
         (venv / ".complete").write_text(digest + "\n")
     return python
 
