@@ -493,12 +493,16 @@ def test_a_model_that_is_not_yolo_shaped_is_refused(tmp_path: Path, capsys: pyte
 def test_a_member_stopped_in_a_rebalance_does_not_wedge_the_group(
         broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen in the lab (the smoke experiment's consumers never joined) and reproduced
-    here: two members, the first stops, the second stops half a second later, while
-    the rebalance the first one caused is under way. On Tansu 0.6 a member that leaves
-    between its JoinGroup and its assignment wedges the group: no member, old or new,
-    is given a partition again. The consumer settles (waits for the rebalance to end,
-    up to SETTLE_S) before it leaves; EDGELAB_TEST_SETTLE_S=0 turns that off and makes
-    this fail (checked by hand: docs/experiments.md)."""
+    here. On Tansu 0.6 a group whose leader leaves while the group is forming is wedged:
+    no member, old or new, is given a partition again. The sequence: old2 joins first
+    (it stays the group's leader), old1 joins, they share the partitions; old1 leaves
+    (the group is forming again) and old2 stops half a second later, before its next
+    heartbeat has told it so. The consumer settles (polls through two heartbeats, then
+    until the rebalance ends, up to SETTLE_S) before it leaves; EDGELAB_TEST_SETTLE_S=0
+    turns that off and makes this fail (docs/experiments.md).
+
+    Each member's state is read on its own thread: librdkafka's assignment() called
+    from another thread while the member polls can block for minutes."""
     from edgelab.kafka import KafkaSettings
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -510,40 +514,41 @@ def test_a_member_stopped_in_a_rebalance_does_not_wedge_the_group(
     if "EDGELAB_TEST_SETTLE_S" in os.environ:
         monkeypatch.setattr(consumer, "SETTLE_S", float(os.environ["EDGELAB_TEST_SETTLE_S"]))
     settings = KafkaSettings(bootstrap=[broker])
-    members: dict[str, consumer.PublishingConsumer] = {}
     stops = {name: threading.Event() for name in ("old1", "old2", "new")}
+    held: dict[str, int] = {}  # partitions a member holds outside a rebalance, set by its thread
 
     def member(name: str) -> None:
-        members[name] = one = consumer.PublishingConsumer(settings, "frames-wedge", "g-wedge", "results-wedge",
-                                                          max_poll_records=10)
+        one = consumer.PublishingConsumer(settings, "frames-wedge", "g-wedge", "results-wedge",
+                                          max_poll_records=10)
         try:
             while not stops[name].is_set():
                 one.poll_batch(lambda *_a: b"", consumer.Stages(), timeout_ms=200)
+                held[name] = -1 if one.rebalancing or not one.rebalances else len(one.assignment())
         finally:
+            held[name] = -1
             one.close()
 
-    def held(name: str, count: int, timeout_s: float) -> bool:
+    def holds(name: str, count: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            one = members.get(name)
-            if one is not None and one.rebalances and not one.rebalancing and one._consumer is not None \
-                    and len(one.assignment()) == count:
+            if held.get(name) == count:
                 return True
             time.sleep(0.1)
         return False
 
     threads = {name: threading.Thread(target=member, args=(name,), daemon=True) for name in stops}
-    threads["old1"].start()
     threads["old2"].start()
-    assert held("old1", 6, 60) and held("old2", 6, 60), "the first two members did not share the partitions"
+    assert holds("old2", 12, 60), "the first member got no partitions in 60 s"
+    threads["old1"].start()
+    assert holds("old1", 6, 60) and holds("old2", 6, 60), "the first two members did not share the partitions"
     stops["old1"].set()
     threads["old1"].join(30)
-    time.sleep(0.5)  # old2 is in the rebalance old1's leaving began
+    time.sleep(0.5)  # the group is forming again; old2, its leader, has not heard of it yet
     stops["old2"].set()
     threads["old2"].join(30)
     threads["new"].start()
     try:
-        assert held("new", 12, 40), "the group is wedged: a new member got no partition in 40 s"
+        assert holds("new", 12, 40), "the group is wedged: a new member got no partition in 40 s"
     finally:
         stops["new"].set()
         threads["new"].join(30)

@@ -73,8 +73,8 @@ log = logging.getLogger(__name__)
 PROG = "edgelab-consumer"
 BASE_METRICS_PORT = 9466  # the `consumers` scrape job's port of instance 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# How long a stopping member waits for a rebalance it is in to end before it leaves
-# the group (PublishingConsumer.settle).
+# How long a stopping member waits, at most, for a rebalance it is in (or learns of at
+# its next heartbeats) to end before it leaves the group (PublishingConsumer.settle).
 SETTLE_S = 10.0
 RESULT_BATCH_BYTES = 256 * 1024  # results' producer batches (a result is at most ~10 KB)
 STAGES = ("poll", "decode", "inference", "postprocess", "publish")
@@ -349,6 +349,7 @@ class PublishingConsumer:
         self.topic = topic
         self.results_topic = results_topic
         self.max_poll_records = max_poll_records
+        self.heartbeat_interval_s = heartbeat_interval_ms / 1000
         self.max_pending = max_pending
         self.pending: deque[_Batch] = deque()
         self.handled = 0
@@ -483,13 +484,19 @@ class PublishingConsumer:
 
     def settle(self, timeout_s: float | None = None) -> bool:
         """Wait (up to timeout_s) for a rebalance this member is in to end; whether it
-        ended. A member that leaves the group between its JoinGroup and its assignment
-        wedges the group on Tansu 0.6: no member, old or new, is given a partition
-        again (seen in the lab when the node agent stopped an instance a few seconds
-        after another one joined, and reproduced on loopback). Frames fetched meanwhile
-        are dropped unprocessed and uncommitted: the partitions' next owner handles them."""
-        deadline = time.monotonic() + (SETTLE_S if timeout_s is None else timeout_s)
-        while self.rebalancing and time.monotonic() < deadline:
+        ended. On Tansu 0.6 a group whose leader leaves while the group is forming (after
+        a member joined or left, before the leader's SyncGroup) is wedged for good: no
+        member, old or new, is given a partition again (seen in the lab when the node
+        agent stopped an instance a few seconds after another one joined; reproduced on
+        loopback, tests/agents/test_consumer.py). A rebalance another member began shows
+        here only at this member's next heartbeat, so settle() first polls through two
+        heartbeat intervals, then until the rebalance it learnt of ends. Frames fetched
+        meanwhile are dropped unprocessed and uncommitted: the partitions' next owner
+        handles them."""
+        now = time.monotonic()
+        deadline = now + (SETTLE_S if timeout_s is None else timeout_s)
+        heard = min(deadline, now + 2 * self.heartbeat_interval_s + 0.5)
+        while time.monotonic() < deadline and (self.rebalancing or time.monotonic() < heard):
             self._consumer.consume(num_messages=self.max_poll_records, timeout=0.2)
         return not self.rebalancing
 
