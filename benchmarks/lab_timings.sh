@@ -13,8 +13,9 @@
 # Prints one line per step; the baseline, measured in the same run, is an
 # `ansible -m ping` of the lab's hosts (Ansible's fixed cost on this machine),
 # and every converge figure is also printed as a ratio to it. After the
-# converge: the time per role (ansible.posix.profile_roles) and the overhead
-# per task and host of the no-op re-run (its time / the task results it made).
+# converge and after the no-op re-run: the time per role
+# (ansible.posix.profile_roles); the overhead per task and host of the no-op
+# re-run (its time / the task results it made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_NOCOLOR=1
@@ -83,6 +84,7 @@ if [ -z "$given" ]; then
 fi
 timed "site.yml no-op re-run" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap
 n=$(results); awk -v s="$secs" -v n="$n" 'BEGIN {printf "  %d task results, %.0f ms per task and host\n", n, 1000 * s / n}'
+echo "  time per role (profile_roles):"; roles
 timed "site.yml --check --diff" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}" --check --diff; ratio; recap; echo
 if [ -n "$knobs" ]; then
   # make lab LAB_STRATEGY=mitogen_linear (the Makefile): Mitogen for Ansible.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -128,6 +129,13 @@ def test_smoke_experiment_runs_end_to_end_on_the_lab(lab, playbook, tmp_path):
     done = runs / "ci-smoke"
     status = json.loads((done / "status.json").read_text())
     assert status["ok"] is True and status["failed_step"] is None, status
+    # The instances start in a fresh group (<run group>-r<seconds>); a second one when
+    # Tansu wedged the first (status.json names it).
+    fresh, given_up = re.compile(r"edgelab-detectors-ci-smoke-r[0-9]+"), status["consumer_group_given_up"]
+    assert fresh.fullmatch(status["consumer_group"]), status
+    assert given_up is None or (fresh.fullmatch(given_up["group"])
+                                and given_up["group"] != status["consumer_group"]), status
+    print(f"consumer group: {status['consumer_group']}, given up: {given_up}")
     assert (done / "report" / "report.html").stat().st_size > 0
     summary = json.loads((done / "report" / "summary.json").read_text())
     assert summary["frames_offered"] > 0, summary
