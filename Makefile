@@ -98,7 +98,9 @@ molecule: $(VENV)
 ## the scenarios in LANE1_SCENARIOS, and the other scenarios. Each line is
 ## prefixed with its lane; each lane prints its time. A lane passed only if
 ## its log ends with its "rc=0" line (`wait` on a finished background
-## pipeline gave 0 for a failed lane once).
+## pipeline gave 0 for a failed lane once). A failed lane prints its last
+## lines, then where it failed (.ci/failures.awk: the failed tasks, tests
+## and scenarios), last, as CI shows only the end of the output.
 LANE1_SCENARIOS ?= kafka
 test: lint
 	@mkdir -p .cache; rc=0; t0=$$(date +%s); \
@@ -109,9 +111,8 @@ test: lint
 	  echo "lane 2 ($$lane2): $$(( $$(date +%s) - t0 ))s rc=$$r"; exit $$r ) 2>&1 | sed -u 's/^/[lane2] /' | tee .cache/test-lane2.log & p2=$$!; \
 	wait $$p1 || rc=1; wait $$p2 || rc=1; \
 	for n in 1 2; do grep -q "^\[lane$$n\] lane $$n .* rc=0$$" .cache/test-lane$$n.log && continue; \
-	  rc=1; echo "::: lane $$n failed; its failures (whole log: .cache/test-lane$$n.log):"; \
-	  grep -E -A4 --no-group-separator '^\[lane[12]\] (FAILED|ERROR) |fatal: |CRITICAL|: Executed: Failed|: timed out after|lane [12] \(' .cache/test-lane$$n.log | tail -n 80 || true; \
-	  echo "::: lane $$n, its last lines:"; tail -n 15 .cache/test-lane$$n.log; \
+	  rc=1; echo "::: lane $$n failed; its last lines (whole log: .cache/test-lane$$n.log):"; tail -n 8 .cache/test-lane$$n.log; \
+	  echo "::: lane $$n, where it failed:"; awk -f .ci/failures.awk .cache/test-lane$$n.log | tail -n 20; \
 	done; \
 	exit $$rc
 

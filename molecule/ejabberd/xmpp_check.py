@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import slixmpp
+import slixmpp.exceptions
 
 TIMEOUT = 20
 
@@ -83,6 +84,22 @@ async def login(cfg, jid, password, ca="edgelab"):
 async def close(agent):
     if agent.transport is not None:
         await agent.disconnect(wait=2.0)
+
+
+async def session_gone(agent, full_jid):
+    """Whether the server reports full_jid's session gone within TIMEOUT: a ping
+    (XEP-0199) to it is answered by the client while its session lasts and by an
+    error from the server afterwards."""
+    deadline = asyncio.get_event_loop().time() + TIMEOUT
+    while asyncio.get_event_loop().time() < deadline:
+        try:
+            await agent.plugin["xep_0199"].send_ping(full_jid, timeout=5)
+        except slixmpp.exceptions.IqError:
+            return True
+        except slixmpp.exceptions.IqTimeout:
+            pass
+        await asyncio.sleep(0.2)
+    return False
 
 
 async def expect_body(agent, body):
@@ -172,9 +189,12 @@ async def run(cfg):
     got_pong = await expect_body(a, pong)
     results["message_exchange"] = {"ok": got_ping and got_pong, "a_to_b": got_ping, "b_to_a": got_pong}
 
-    # Offline delivery: b leaves, a writes, b comes back and gets it.
+    # Offline delivery: b leaves, a writes, b comes back and gets it. a writes once
+    # the server has ended b's session (a ping to b's full JID gets an error), not
+    # after a fixed pause that a loaded machine can outlast.
+    b_full = b.boundjid.full
     await close(b)
-    await asyncio.sleep(1)
+    results["offline_delivery_session_ended"] = {"ok": await session_gone(a, b_full)}
     offline = "offline-" + uuid.uuid4().hex
     a.send_message(mto=b_cfg["jid"], mbody=offline, mtype="chat")
     await asyncio.sleep(1)
@@ -186,7 +206,10 @@ async def run(cfg):
 
     # Without the edgelab CA the server certificate is not trusted: verification is on.
     untrusted, outcome = await login(cfg, a_cfg["jid"], a_cfg["password"], ca=None)
-    await asyncio.sleep(0.5)  # the TLS failure is reported just after the disconnection
+    # The TLS failure may be reported just after the disconnection.
+    deadline = asyncio.get_event_loop().time() + TIMEOUT
+    while "tls_invalid_chain" not in untrusted.events and asyncio.get_event_loop().time() < deadline:
+        await asyncio.sleep(0.1)
     results["untrusted_without_edgelab_ca"] = {
         "ok": outcome != "session_started" and "tls_invalid_chain" in untrusted.events, "events": untrusted.events,
     }

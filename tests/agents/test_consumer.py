@@ -102,25 +102,34 @@ def test_every_fed_frame_is_processed_and_published(broker: str, model: Path, tm
 
 def test_killed_mid_batch_then_restarted_loses_no_frame(broker: str, tmp_path: Path) -> None:
     # A slower model and about 40 frames in one poll: the kill lands after some
-    # results were published and before every frame's offset was committed. (With
-    # 17 frames, a loaded CI machine let the consumer finish before the watcher
-    # below had joined its group and seen five results.)
+    # results were published and before every frame's offset was committed. The
+    # watcher below has joined its group on the results topic before the consumer
+    # starts: when it joined afterwards, a loaded CI machine let the consumer finish
+    # all 43 frames first (2026-12-03).
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from edgelab.kafka import GroupConsumer, KafkaSettings
+
     slow = labmodel.write(tmp_path / "slow.onnx", size=640, classes=4)
     keys = feed(broker, "frames-kill", tmp_path, seconds="5", mbps="4")
+    admin = AdminClient({"bootstrap.servers": broker})
+    for future in admin.create_topics([NewTopic("results-kill", 1, 1)]).values():
+        future.result(30)
     args = ["--model", str(slow), "--bootstrap", broker, "--topic", "frames-kill", "--results-topic", "results-kill",
             "--group", "g-kill", "--metrics-port", "0", "--max-poll-records", "500"]
     code = "import sys; from edgelab.experiments.consumer import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE)
-    from edgelab.kafka import GroupConsumer, KafkaSettings
-
     seen: list[bytes] = []
     with GroupConsumer(KafkaSettings(bootstrap=[broker]), topic="results-kill", group="watch-kill") as watch:
+        deadline = time.monotonic() + 60
+        while not watch.assignment() and time.monotonic() < deadline:
+            watch.poll_once(lambda r: seen.append(r.key), timeout_ms=100)
+        assert watch.assignment(), "the watcher did not join its group within 60 s"
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while len(seen) < 5 and time.monotonic() < deadline and proc.poll() is None:
             watch.poll_once(lambda r: seen.append(r.key), timeout_ms=100)
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
     done = committed(broker, "frames-kill", "g-kill")
     assert len(seen) >= 5 and (done or 0) < len(keys), (
         f"the kill did not land mid-run: {len(seen)} results seen, {done} of {len(keys)} frames committed")
