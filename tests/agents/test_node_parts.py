@@ -4,12 +4,13 @@ import asyncio
 import logging
 import random
 import time
+from pathlib import Path
 
 import pytest
 from edgelab import messages
 from edgelab.config import ConfigError, NodeConfig
 from edgelab.models import LinearModel
-from edgelab.node_agent import NodeAgent, ScaleError, Scaler
+from edgelab.node_agent import NodeAgent, ScaleError, Scaler, Shaper
 from edgelab.telemetry import NodeCollector, NodeInstruments, Telemetry, parse_app_metrics
 from edgelab.xmpp import BoundedQueue, RateLimitedLog, backoff_delay
 from prometheus_client import generate_latest
@@ -47,6 +48,24 @@ def test_scaler_reports_systemctl_failure(tmp_path: object) -> None:
         scaler = Scaler("edgelab-consumer@", 2, "/bin/false")
         with pytest.raises(ScaleError, match="systemctl start failed"):
             await scaler.scale("edgelab-consumer@", 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_or_failing_systemctl_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    hung = tmp_path / "systemctl-hangs"
+    hung.write_text("#!/bin/sh\nexec sleep 30\n")
+    hung.chmod(0o755)
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        with pytest.raises(ScaleError, match=r"systemctl start failed \(124\): systemctl start timed out after 0.3s"):
+            await Scaler("edgelab-consumer@", 2, str(hung), timeout=0.3).scale("edgelab-consumer@", 1)
+        with pytest.raises(ScaleError, match=r"systemctl start edgelab-bandwidth@s1:2500.service timed out after 0.3s"):
+            await Shaper("edgelab-bandwidth@", 100.0, str(hung), timeout=0.3).apply("s1", 2.5)
+        assert time.monotonic() - started < 20  # both killed at their timeout, not after sleep's 30 s
+        with pytest.raises(ScaleError, match=r"systemctl start edgelab-bandwidth@s1:2500.service failed \(1\)"):
+            await Shaper("edgelab-bandwidth@", 100.0, "/bin/false").apply("s1", 2.5)
 
     asyncio.run(scenario())
 

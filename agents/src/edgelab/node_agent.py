@@ -36,6 +36,21 @@ class ScaleError(Exception):
     pass
 
 
+async def run_systemctl(systemctl: Sequence[str], args: Sequence[str], timeout: float) -> tuple[int | None, str]:
+    """Run systemctl (an argv list, no shell) with args: (exit code, its output
+    stripped), or (None, "") when it ran longer than timeout seconds (then killed)."""
+    proc = await asyncio.create_subprocess_exec(
+        *systemctl, *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None, ""
+    return proc.returncode or 0, out.decode("utf-8", "replace").strip()
+
+
 class Scaler:
     """Starts instances 1..N and stops N+1..max of `<unit><i>.service` with systemctl
     (argv lists, no shell)."""
@@ -58,16 +73,10 @@ class Scaler:
         return [f"{self.unit}{i}.service" for i in range(first, last + 1)]
 
     async def _run(self, *args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *self.systemctl, *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        code, out = await run_systemctl(self.systemctl, args, self.timeout)
+        if code is None:
             return 124, f"systemctl {args[0]} timed out after {self.timeout}s"
-        return proc.returncode or 0, out.decode("utf-8", "replace").strip()
+        return code, out
 
     async def active(self) -> int:
         """How many of instances 1..max are active (systemctl is-active)."""
@@ -119,18 +128,11 @@ class Shaper:
     async def apply(self, slice_id: str, rate_mbit: float) -> str:
         unit = self.unit_for(slice_id, rate_mbit)
         async with self.lock:
-            proc = await asyncio.create_subprocess_exec(
-                *self.systemctl, "start", unit, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-            try:
-                out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise ScaleError(f"systemctl start {unit} timed out after {self.timeout}s") from None
-        if proc.returncode:
-            text = out.decode("utf-8", "replace").strip()
-            raise ScaleError(f"systemctl start {unit} failed ({proc.returncode}): {text[-200:]}")
+            code, out = await run_systemctl(self.systemctl, ("start", unit), self.timeout)
+        if code is None:
+            raise ScaleError(f"systemctl start {unit} timed out after {self.timeout}s")
+        if code:
+            raise ScaleError(f"systemctl start {unit} failed ({code}): {out[-200:]}")
         return unit
 
 

@@ -399,17 +399,7 @@ class PrometheusClient:
         else:
             url, body = self.url + path + ("?" + encoded if encoded else ""), None
         status, raw, _retry_after = self._request(url, body, self._public(path))
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            raise PrometheusResponseError("response is not JSON: %s" % _snippet(raw), status=status,
-                                          url=self._public(path)) from None
-        if not isinstance(payload, dict) or payload.get("status") != "success":
-            error = payload.get("error", _snippet(raw)) if isinstance(payload, dict) else _snippet(raw)
-            raise PrometheusResponseError(str(error), status=status, url=self._public(path))
-        for warning in payload.get("warnings", []) or []:
-            log.warning("Prometheus warning for %s: %s", path, warning)
-        data = payload.get("data")
+        data = self._api_payload(status, raw, path).get("data")
         if not isinstance(data, dict):
             raise PrometheusResponseError("response has no data object", status=status, url=self._public(path))
         return data

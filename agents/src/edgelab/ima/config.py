@@ -159,13 +159,18 @@ def check_name(what: str, value: str) -> None:
                          "(starting with a letter or digit)")
 
 
-def _flavor(name: str, data: Any) -> Flavor:
-    where = f"flavors.{name}"
+def _entry(section: str, what: str, name: str, data: Any) -> tuple[str, Mapping[str, Any]]:
+    """An entry of flavors or slices: its place for messages and its mapping, once its id is checked."""
+    where = f"{section}.{name}"
     try:
-        check_name("flavor id", name)
+        check_name(what, name)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    data = _mapping(data, where)
+    return where, _mapping(data, where)
+
+
+def _flavor(name: str, data: Any) -> Flavor:
+    where, data = _entry("flavors", "flavor id", name, data)
     actuator = data.get("actuator")
     if actuator not in ACTUATORS:
         raise ConfigError(f"{where}.actuator must be one of {', '.join(ACTUATORS)}, got {actuator!r}")
@@ -200,12 +205,7 @@ def _flavor(name: str, data: Any) -> Flavor:
 
 
 def _slice(name: str, data: Any) -> SliceSettings:
-    where = f"slices.{name}"
-    try:
-        check_name("slice id", name)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    data = _mapping(data, where)
+    where, data = _entry("slices", "slice id", name, data)
     _keys(data, {"kpi_query", "hosts"}, where + ".")
     hosts = data.get("hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
