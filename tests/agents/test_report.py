@@ -166,6 +166,17 @@ def test_frames_per_step_are_counted_once_by_publish_time() -> None:
     assert dict(agg.consumers) == consumers
 
 
+def test_the_same_consumer_name_on_two_hosts_counts_twice(tmp_path: Path) -> None:
+    records, _ = results_by_hand()
+    one = dict(records[0], frame="a", host="nuc2", consumer="edgelab-consumer@1")
+    lines = [one, dict(one, frame="b", host="nuc3"), dict(one, frame="c", host="nuc3"),
+             dict(one, frame="d", host=None, consumer="edgelab-consumer@2")]  # before hosts were written
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    agg = report.read_results(path, 10.0)
+    assert agg.names == {"nuc2/edgelab-consumer@1", "nuc3/edgelab-consumer@1", "edgelab-consumer@2"}
+
+
 def test_offered_frames_are_spread_over_the_steps(tmp_path: Path) -> None:
     feeder = json.loads((DATA / "feeder.json").read_text())
     dataset = report.read_dataset(DATA)

@@ -10,7 +10,7 @@ suppressed (NMS) in numpy. For every frame one JSON record goes to the results t
 keyed like the frame:
 
     {"frame": "feeder-17", "partition": 3, "offset": 120, "consumer": "edgelab-consumer@2",
-     "model": {"name": ..., "version": ...}, "frame_bytes": 921615, "width": 640, "height": 480,
+     "host": "nuc2", "model": {"name": ..., "version": ...}, "frame_bytes": 921615, "width": 640, "height": 480,
      "produced": T0, "received": T1, "inference_start": T2, "inference_end": T3, "published": T4,
      "detections": [{"box": [x1, y1, x2, y2], "score": 0.61, "class": 3}, ...], "error": null}
 
@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -209,9 +210,11 @@ class Detector:
     """Turns one frame record into its result record (JSON bytes)."""
 
     def __init__(self, model: Model, consumer: str, metrics: Metrics, *, conf: float, iou: float,
-                 max_detections: int) -> None:
+                 max_detections: int, host: str | None = None) -> None:
         self.model = model
         self.consumer = consumer
+        # Every worker runs edgelab-consumer@1..N: the host tells them apart in the results.
+        self.host = socket.gethostname() if host is None else host
         self.metrics = metrics
         self.conf, self.iou, self.max_detections = conf, iou, max_detections
         self.stages = Stages()
@@ -224,7 +227,7 @@ class Detector:
         t0 = time.perf_counter()
         result: dict[str, Any] = {
             "frame": key.decode("utf-8", "replace") if key is not None else None,
-            "partition": partition, "offset": offset, "consumer": self.consumer,
+            "partition": partition, "offset": offset, "consumer": self.consumer, "host": self.host,
             "model": {"name": self.model.name, "version": self.model.version},
             "frame_bytes": len(value or b""), "width": None, "height": None,
             "produced": timestamp_ms / 1000.0 if timestamp_ms is not None else None,

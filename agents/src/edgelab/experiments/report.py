@@ -223,7 +223,11 @@ def read_results(path: Path, step: float, since: float = -math.inf, until: float
                     agg.negative += 1
                 agg.hist(agg.e2e, bucket)[bin_of(latency)] += 1
                 agg.hist(agg.inference, bucket)[bin_of(end - start)] += 1
+                # The same edgelab-consumer@N runs on every worker: the record's host
+                # (written since 2026-12-03) tells them apart.
                 consumer = str(record.get("consumer", ""))[:80]
+                if record.get("host"):
+                    consumer = f"{str(record['host'])[:64]}/{consumer}"
                 agg.consumers[int(published // step)].add(consumer)
                 agg.names.add(consumer)
                 agg.first_produced = min(agg.first_produced, produced)
