@@ -23,11 +23,12 @@ $(VENV): requirements.txt
 	touch $(VENV)
 
 ## LAB_STRATEGY: the strategy of the plays `make lab`, `make site` and
-## `make drills` run on the lab hosts: linear (stock Ansible, what the
-## molecule scenarios and CI's lab tests run) or mitogen_linear (Mitogen for
-## Ansible: one Python interpreter per host for the whole run; faster, see
-## docs/benchmarks.md "Lab and role base", but not what CI tests).
-LAB_STRATEGY ?= linear
+## `make drills` run on the lab hosts: mitogen_linear (Mitogen for Ansible:
+## one Python interpreter per host for the whole run, no SSH session and
+## module upload per task; the default, and what CI's lab test runs) or
+## linear (stock Ansible, what the molecule scenarios run). See
+## docs/benchmarks.md, "Fewer tasks and plugins loaded once".
+LAB_STRATEGY ?= mitogen_linear
 LAB_PLAYBOOK = ANSIBLE_STRATEGY=$(LAB_STRATEGY) \
   ANSIBLE_STRATEGY_PLUGINS="$$(echo $(CURDIR)/$(VENV)/lib/python3*/site-packages/ansible_mitogen/plugins/strategy)" \
   ansible-playbook

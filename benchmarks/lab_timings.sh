@@ -3,17 +3,19 @@
 #   benchmarks/lab_timings.sh [--cold] [--knobs] [--inventory DIR] [SITE_ARGS...]
 #     --cold    empty image and package caches in a temporary directory
 #               (debootstrap downloads from the mirror)
-#     --knobs   also the no-op re-run with Mitogen's strategy,
-#               with pipelining off, with ControlPersist off and with fact
-#               caching off, one at a time, in the same run
+#     --knobs   also the no-op re-run with one setting changed at a time, in
+#               the same run: stock Ansible's linear strategy (no Mitogen),
+#               linear with pipelining off, linear with ControlPersist off,
+#               fact caching off, the plugin warming off (callback_plugins/)
 #     --inventory DIR  a lab already converged (e.g. inventory/lab after
 #               `make lab`): no lab up, converge or down; the baseline, the
 #               no-op re-run, `--check --diff` and the knobs on its hosts
 #     SITE_ARGS passed to every site.yml run (e.g. --skip-tags mlops)
-# Prints one line per step; the baseline, measured in the same run, is an
-# `ansible -m ping` of the lab's hosts (Ansible's fixed cost on this machine),
-# and every converge figure is also printed as a ratio to it. After the
-# converge and after the no-op re-run: the time per role
+# site.yml runs with the strategy `make lab` uses (the Makefile's
+# LAB_STRATEGY). Prints one line per step; the baseline, measured in the same
+# run, is an `ansible -m ping` of the lab's hosts (Ansible's fixed cost on
+# this machine), and every converge figure is also printed as a ratio to it.
+# After the converge and after the no-op re-run: the time per role
 # (ansible.posix.profile_roles); the overhead per task and host of the no-op
 # re-run (its time / the task results it made).
 set -euo pipefail
@@ -33,6 +35,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 site_args=("$@")
+# As make lab runs site.yml: the Makefile's LAB_STRATEGY, Mitogen's plugins.
+strategy=$(sed -n 's/^LAB_STRATEGY ?= //p' Makefile)
+[ -n "$strategy" ] || { echo "lab_timings.sh: no LAB_STRATEGY default in the Makefile" >&2; exit 2; }
+lab=(env ANSIBLE_STRATEGY="$strategy"
+     ANSIBLE_STRATEGY_PLUGINS="$(echo "$PWD"/.venv/lib/python3*/site-packages/ansible_mitogen/plugins/strategy)")
 if [ -n "$cold" ]; then
   cache=$(mktemp -d)
   args+=(-e "lab_cache_dir=$cache")
@@ -79,24 +86,31 @@ roles() { # the ROLES RECAP block profile_roles prints (tasks outside roles coun
          t = $NF; sub(/s$/, "", t); name = $0; sub(/ ---+.*$/, "", name); printf "    %-44s %8.1fs\n", name, t}' "$log"
 }
 if [ -z "$given" ]; then
-  timed "site.yml converge" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+  timed "site.yml converge ($strategy)" "${lab[@]}" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
   echo "  time per role (profile_roles):"; roles
 fi
-timed "site.yml no-op re-run" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap
+timed "site.yml no-op re-run ($strategy)" "${lab[@]}" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap
 n=$(results); awk -v s="$secs" -v n="$n" 'BEGIN {printf "  %d task results, %.0f ms per task and host\n", n, 1000 * s / n}'
 echo "  time per role (profile_roles):"; roles
-timed "site.yml --check --diff" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}" --check --diff; ratio; recap; echo
+timed "site.yml --check --diff ($strategy)" "${lab[@]}" ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}" --check --diff; ratio; recap; echo
 if [ -n "$knobs" ]; then
-  # make lab LAB_STRATEGY=mitogen_linear (the Makefile): Mitogen for Ansible.
-  timed "no-op re-run, Mitogen" env ANSIBLE_STRATEGY=mitogen_linear \
-    ANSIBLE_STRATEGY_PLUGINS="$(echo "$PWD"/.venv/lib/python3*/site-packages/ansible_mitogen/plugins/strategy)" \
+  # Stock Ansible (make lab LAB_STRATEGY=linear); pipelining and ControlPersist
+  # are settings of its ssh connection, so they are measured with it.
+  timed "no-op re-run, linear (stock)" env ANSIBLE_STRATEGY=linear \
     ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
-  timed "no-op re-run, pipelining off" env ANSIBLE_PIPELINING=False \
+  timed "no-op re-run, linear, pipelining off" env ANSIBLE_STRATEGY=linear ANSIBLE_PIPELINING=False \
     ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
-  timed "no-op re-run, ControlPersist off" env ANSIBLE_SSH_ARGS="-o ControlMaster=no -o PreferredAuthentications=publickey" \
+  timed "no-op re-run, linear, ControlPersist off" env ANSIBLE_STRATEGY=linear \
+    ANSIBLE_SSH_ARGS="-o ControlMaster=no -o PreferredAuthentications=publickey" \
     ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
-  timed "no-op re-run, fact caching off" env ANSIBLE_GATHERING=implicit ANSIBLE_CACHE_PLUGIN=ansible.builtin.memory \
+  timed "no-op re-run, fact caching off" "${lab[@]}" ANSIBLE_GATHERING=implicit ANSIBLE_CACHE_PLUGIN=ansible.builtin.memory \
     ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+  # ansible.cfg's callback_plugins replaced by an empty directory: the workers
+  # load Jinja's filter and test plugins themselves (callback_plugins/).
+  empty=$(mktemp -d)
+  timed "no-op re-run, plugin warming off" "${lab[@]}" ANSIBLE_CALLBACK_PLUGINS="$empty" \
+    ansible-playbook -i "$inv" playbooks/site.yml "${site_args[@]}"; ratio; recap; echo
+  rmdir "$empty"
 fi
 if [ -z "$given" ]; then
   timed "lab down" ansible-playbook playbooks/lab.yml "${args[@]}" -e lab_state=absent; echo

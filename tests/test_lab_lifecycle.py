@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.labtools import lab_strategy_env
 
 LAB = ["-e", "lab_name=tlife", "-e", "lab_subnet=10.213.251.0/24", "-e", "lab_hosts=2"]
 # The MLOps layer (Postgres, Redis, MLflow, Airflow, node API) and the IMA/SRO
@@ -29,6 +30,9 @@ LAB = ["-e", "lab_name=tlife", "-e", "lab_subnet=10.213.251.0/24", "-e", "lab_ho
 # runs.
 SITE = ["playbooks/site.yml", "--skip-tags", "mlops,ima_sro"]
 HOSTS = ("tlife1", "tlife2")
+# site.yml and the experiment run as `make lab` runs them (the Makefile's
+# LAB_STRATEGY, Mitogen by default); the lab play itself runs stock, as there.
+LAB_ENV = lab_strategy_env()
 REPO = Path(__file__).resolve().parent.parent
 # The smoke experiment's feeder time in CI: the shipped spec's 3 minutes cut to
 # one, the whole day/night curve compressed into it.
@@ -88,17 +92,17 @@ def test_site_converges_then_is_idempotent_and_check_mode_clean(lab, playbook):
     up, inv, _ = lab
     assert up.rc == 0
     t0 = time.monotonic()
-    first = playbook("-i", inv, *SITE)
+    first = playbook("-i", inv, *SITE, env=LAB_ENV)
     print(f"site converge: {time.monotonic() - t0:.1f}s")
     assert first.rc == 0, first.failures()
     t0 = time.monotonic()
-    second = playbook("-i", inv, *SITE)
+    second = playbook("-i", inv, *SITE, env=LAB_ENV)
     print(f"site no-op re-run: {time.monotonic() - t0:.1f}s")
     assert second.rc == 0, second.failures()
     recap = second.recap()
     assert set(recap) >= set(HOSTS) and "tlife3" not in recap
     assert all(r["changed"] == 0 for r in recap.values()), "\n".join(changed_tasks(second.output))
-    check = playbook("-i", inv, *SITE, "--check", "--diff")
+    check = playbook("-i", inv, *SITE, "--check", "--diff", env=LAB_ENV)
     assert check.rc == 0, check.failures()
     assert all(r["changed"] == 0 and r["failed"] == 0 for r in check.recap().values()), (
         "\n".join(changed_tasks(check.output)) + check.output[-3000:])
@@ -120,7 +124,7 @@ def test_smoke_experiment_runs_end_to_end_on_the_lab(lab, playbook, tmp_path):
     t0 = time.monotonic()
     run = playbook("-i", inv, "playbooks/experiment.yml", "-e", "experiment=lab-smoke",
                    "-e", f"experiment_specs_dir={specs}", "-e", f"experiment_runs_dir={runs}",
-                   "-e", "experiment_run_id=ci-smoke", "-e", "experiment_mlflow_url=")
+                   "-e", "experiment_run_id=ci-smoke", "-e", "experiment_mlflow_url=", env=LAB_ENV)
     print(f"smoke experiment ({SMOKE_DURATION}): {time.monotonic() - t0:.1f}s")
     assert run.rc == 0, (run.failures() + "\nstatus.json: "
                          + ((runs / "ci-smoke" / "status.json").read_text()

@@ -3,6 +3,7 @@ from the repository's virtualenv against real inventories and lab hosts."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -51,9 +52,25 @@ class Run:
         return "\n\n".join([*blocks, "... " + self.output[-tail:]])
 
 
-def ansible_playbook(*args: str, timeout: int = 1800) -> Run:
+def lab_strategy_env() -> dict[str, str]:
+    """The environment `make lab`, `make site` and `make drills` run the lab's
+    plays with: the Makefile's LAB_STRATEGY default and, for Mitogen's
+    strategies, the directory of its strategy plugins in this venv."""
+    found = re.search(r"^LAB_STRATEGY \?= (\S+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert found, "the Makefile sets no LAB_STRATEGY default"
+    env = {"ANSIBLE_STRATEGY": found[1]}
+    if found[1].startswith("mitogen"):
+        spec = importlib.util.find_spec("ansible_mitogen")
+        assert spec and spec.submodule_search_locations, "mitogen is not installed (requirements.txt)"
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(Path(spec.submodule_search_locations[0]) / "plugins" / "strategy")
+    return env
+
+
+def ansible_playbook(*args: str, timeout: int = 1800, env: dict[str, str] | None = None) -> Run:
+    """ansible-playbook from the repository root; `env` adds to (or overrides)
+    this process's environment."""
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_NOCOLOR="1", PATH=f"{BIN}:{os.environ['PATH']}")
+               ANSIBLE_NOCOLOR="1", PATH=f"{BIN}:{os.environ['PATH']}", **(env or {}))
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
