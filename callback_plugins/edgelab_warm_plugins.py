@@ -2,16 +2,16 @@
 main process, before the first task.
 
 Ansible runs each task of each host in a worker process forked from the
-main one. ansible-core loads the filter and test plugins of every
-installed collection the first time a template needs one, and keeps them
-in the process that loaded them. The main process seldom templates with a
+main one. ansible-core loads all of its own (ansible.builtin) filter and
+test plugins the first time a template needs one, and keeps them in the
+process that loaded them. The main process seldom templates with a
 filter, so without this every worker loaded them all again: on the lab's
 no-op re-run of site.yml that was about 16 s of CPU (py-spy, 2026-12-03;
 docs/benchmarks.md, "Fewer tasks and plugins loaded once"). Loaded here,
 every worker inherits them through fork.
 
-Not a user-facing callback: it prints nothing (one line at -vvvv), and it loads without being
-enabled (CALLBACK_NEEDS_ENABLED = False) whenever ansible.cfg's
+Not a user-facing callback: it prints nothing (one line at -vvvv), and it
+loads without being enabled (CALLBACK_NEEDS_ENABLED = False) whenever ansible.cfg's
 callback_plugins holds this directory, so a run that replaces
 callbacks_enabled (ANSIBLE_CALLBACKS_ENABLED=...) keeps it.
 """
