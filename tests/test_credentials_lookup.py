@@ -1,4 +1,4 @@
-"""Role pki's credentials entry point (tasks_from: credentials), run by the real
+"""The lookup edgelab_credentials (lookup_plugins/), run by the real
 ansible-playbook on the controller: the one way every role keeps its secrets."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 
+import pytest
 from support.labtools import BIN, ansible_playbook
 
 INVENTORY = """
@@ -19,60 +20,42 @@ all:
 """
 
 PLAYBOOK = """
-- name: Use role pki's credentials entry point
+- name: Use the lookup edgelab_credentials
   hosts: all
   gather_facts: false
   tasks:
-    - name: Default length and characters
-      ansible.builtin.include_role:
-        name: pki
-        tasks_from: credentials
-      vars:
-        pki_credentials_dir: "{tmp}/creds/nested/dir"
-        pki_credentials_files: [admin, node-nuc1, scram-admin.password]
-
-    - name: Keep them before the next include replaces the fact
+    - name: Default length and characters, and another length and character set
       ansible.builtin.set_fact:
-        first: "{{{{ pki_credentials }}}}"
+        first: >-
+          {{{{ lookup('edgelab_credentials', 'admin', 'node-nuc1', 'scram-admin.password',
+                      dir='{tmp}/creds/nested/dir') }}}}
+        second: "{{{{ lookup('edgelab_credentials', 'salt', dir='{tmp}/creds/other', length=22, chars=['digits']) }}}}"
       no_log: true
-
-    - name: Another length and character set
-      ansible.builtin.include_role:
-        name: pki
-        tasks_from: credentials
-      vars:
-        pki_credentials_dir: "{tmp}/creds/other"
-        pki_credentials_files: [salt]
-        pki_credentials_length: 22
-        pki_credentials_chars: [digits]
 
     - name: Write what each host received
       ansible.builtin.copy:
-        content: "{{{{ {{'first': first, 'second': pki_credentials}} | to_json }}}}"
+        content: "{{{{ {{'first': first, 'second': second}} | to_json }}}}"
         dest: "{tmp}/out-{{{{ inventory_hostname }}}}.json"
         mode: "0600"
 """
 
 BAD_PLAYBOOK = """
-- name: Give the entry point a relative directory
+- name: Give the lookup a bad value
   hosts: h1
   gather_facts: false
   tasks:
-    - name: Relative directory
-      ansible.builtin.include_role:
-        name: pki
-        tasks_from: credentials
-      vars:
-        pki_credentials_dir: relative/creds
-        pki_credentials_files: [x]
+    - name: Bad value
+      ansible.builtin.set_fact:
+        x: "{{{{ lookup('edgelab_credentials', {args}) }}}}"
+      no_log: true
 """
 
 
-def setup(tmp_path, playbook=PLAYBOOK):
+def setup(tmp_path, playbook=PLAYBOOK, **fields):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(INVENTORY.format(python=BIN / "python"))
     play = tmp_path / "play.yml"
-    play.write_text(playbook.format(tmp=tmp_path))
+    play.write_text(playbook.format(tmp=tmp_path, **fields))
     return str(inventory), str(play)
 
 
@@ -119,16 +102,40 @@ def test_reads_existing_files_and_makes_them_private(tmp_path):
     assert json.loads((tmp_path / "out-h2.json").read_text()) == got
 
 
-def test_a_relative_directory_is_refused_with_a_message(tmp_path):
-    inventory, play = setup(tmp_path, BAD_PLAYBOOK)
+NAMES = "each term is a file name of letters, digits and '_.@+-', not starting with '.' or '-'"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("'x', dir='relative/creds'", "dir must be an absolute path on the controller, got 'relative/creds'"),
+        ("dir='{tmp}/creds'", NAMES + " (got no terms)"),
+        ("'ok', '.hidden', 'a/b', dir='{tmp}/creds'", NAMES + " (got ['.hidden', 'a/b'])"),
+        ("'x', 'x', dir='{tmp}/creds'", "the file names must be distinct, got ['x', 'x']"),
+        ("'x', dir='{tmp}/creds', length=0", "length must be 1 or more, got 0"),
+        ("'x', dir='{tmp}/creds', chars=[]", "chars must be a non-empty list of non-empty character sets, got []"),
+    ],
+    ids=["relative-dir", "no-terms", "bad-names", "duplicates", "length-0", "no-chars"],
+)
+def test_bad_input_is_refused_with_a_message_and_writes_nothing(tmp_path, args, message):
+    inventory, play = setup(tmp_path, BAD_PLAYBOOK, args=args.format(tmp=tmp_path))
     run = ansible_playbook("-i", inventory, play, timeout=300)
-    assert run.rc != 0
-    assert "pki_credentials_dir as an absolute path" in run.output
-    assert not (tmp_path / "relative").exists()
+    assert run.rc == 2, run.output[-3000:]
+    assert "edgelab_credentials: " + message in run.output
+    assert not (tmp_path / "creds").exists() and not (tmp_path / "relative").exists()
+
+
+def test_check_mode_generates_too_as_the_password_lookup_does(tmp_path):
+    inventory, play = setup(tmp_path)
+    run = ansible_playbook("-i", inventory, play, "--check", timeout=300)
+    assert run.rc == 0, run.output[-3000:]
+    creds = tmp_path / "creds/nested/dir"
+    assert sorted(p.name for p in creds.iterdir()) == ["admin", "node-nuc1", "scram-admin.password"]
+    assert mode(creds) == 0o700 and all(mode(p) == 0o600 for p in creds.iterdir())
 
 
 KAFKA_PLAYBOOK = """
-- name: Role kafka's credentials through role pki
+- name: Role kafka's credentials through the lookup
   hosts: all
   gather_facts: false
   tasks:
@@ -147,7 +154,7 @@ KAFKA_PLAYBOOK = """
 """
 
 
-def test_role_kafka_keeps_its_secrets_through_the_entry_point(tmp_path):
+def test_role_kafka_keeps_its_secrets_through_the_lookup(tmp_path):
     inventory, play = setup(tmp_path, KAFKA_PLAYBOOK)
     creds = tmp_path / "creds/kafka"
     run = ansible_playbook("-i", inventory, play, "-e", f"edgelab_credentials_dir={tmp_path}/creds", timeout=300)
