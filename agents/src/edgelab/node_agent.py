@@ -194,7 +194,10 @@ class NodeAgent:
     async def _every(self, interval: float, fn: object) -> None:
         assert callable(fn)
         next_at = time.monotonic()
-        while True:
+        # Until the agent stops, not only until cancelled: a callee that
+        # swallows the CancelledError (seen in CI: a stop that hung for 60 s in
+        # run()'s gather) would otherwise keep this loop alive.
+        while not self.stop_event.is_set():
             try:
                 result = fn()
                 if asyncio.iscoroutine(result):
